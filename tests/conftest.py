@@ -1,0 +1,145 @@
+"""Fixtures: one real RabbitMQ for the session, unique queues per test, a local issuer, workers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import aio_pika
+import pytest
+
+from tests.support.actions import ran
+from tests.support.issuer import Issuer, JwksServer, jwks_server
+from tests.support.rabbit import Rabbit
+from worker.actions import Registry
+from worker.runner import Worker
+from worker.settings import Settings
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+async def _probe(url: str) -> None:
+    """A real AMQP handshake, not just an open port."""
+    connection = await aio_pika.connect(url, timeout=10)
+    await connection.close()
+
+
+@pytest.fixture(scope="session")
+def broker_url() -> Iterator[str]:
+    """RABBITMQ_URL, or a testcontainers RabbitMQ where Docker runs; skip (fail in CI) otherwise."""
+    url = os.environ.get("RABBITMQ_URL")
+    container = None
+    if url is None and shutil.which("docker"):
+        try:
+            from testcontainers.rabbitmq import RabbitMqContainer
+
+            container = RabbitMqContainer("rabbitmq:3.13-management").start()
+            host = container.get_container_host_ip()
+            port = container.get_exposed_port(5672)
+            url = f"amqp://guest:guest@{host}:{port}/"
+        except Exception as exc:  # noqa: BLE001 - no Docker engine: fall through to the skip
+            container = None
+            reason = f"no RABBITMQ_URL and testcontainers failed: {type(exc).__name__}"
+    else:
+        reason = "no RABBITMQ_URL and no Docker"
+    if url is None:
+        if IN_CI:
+            pytest.fail(f"CI needs a broker: {reason}")
+        pytest.skip(reason)
+    try:
+        asyncio.run(_probe(url))
+    except Exception as exc:
+        if IN_CI:
+            raise
+        pytest.skip(f"RabbitMQ at RABBITMQ_URL does not answer: {type(exc).__name__}")
+    yield url
+    if container is not None:
+        container.stop()
+
+
+@pytest.fixture
+async def rabbit(broker_url: str) -> AsyncIterator[Rabbit]:
+    """A connection for the test's own publishing and reading; deletes the queues it was told of."""
+    async with Rabbit(broker_url) as client:
+        yield client
+
+
+@pytest.fixture
+def queue_name() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def jwks() -> Iterator[JwksServer]:
+    with jwks_server() as server:
+        yield server
+
+
+@pytest.fixture
+def issuer(jwks: JwksServer) -> Issuer:
+    return jwks.issuer("main")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_recorder() -> None:
+    ran.reset()
+
+
+REGISTRY = Registry.from_modules(["tests.support.actions"])
+
+
+def worker_settings(broker_url: str, jwks: JwksServer, issuer: Issuer, queue: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "broker_url": broker_url,
+        "queues": (queue,),
+        "issuer": issuer.url,
+        "audience": issuer.audience,
+        "jwks_cooldown_seconds": 1.0,
+        "defer_seconds": 0.05,
+        "defer_max_seconds": 0.5,
+        "prefetch": 32,
+        "worker_id": f"test-{uuid.uuid4().hex[:6]}",
+        "shutdown_grace_seconds": 5.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+StartWorker = Callable[..., Awaitable[Worker]]
+
+
+@pytest.fixture
+async def start_worker(
+    broker_url: str, jwks: JwksServer, issuer: Issuer, queue_name: str, rabbit: Rabbit
+) -> AsyncIterator[StartWorker]:
+    """Start in-process workers on the test's queue; stop them and delete the queue afterwards."""
+    running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+
+    async def start(registry: Registry = REGISTRY, **overrides: Any) -> Worker:
+        settings = worker_settings(broker_url, jwks, issuer, queue_name, **overrides)
+        for queue in settings.queues:
+            rabbit.forget_later(queue)
+        worker = Worker(settings, registry)
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        running.append((stop, task))
+        ready = asyncio.create_task(worker.ready.wait())
+        done, _ = await asyncio.wait({ready, task}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            ready.cancel()
+            task.result()
+        if ready not in done:
+            raise TimeoutError("worker did not start consuming")
+        return worker
+
+    yield start
+    for stop, _ in running:
+        stop.set()
+    for _, task in running:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 30)

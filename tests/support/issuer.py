@@ -1,0 +1,216 @@
+"""A test-only authorization server: signing keys, token minting and a JWKS endpoint.
+
+Nothing under ``worker/`` can sign a token; everything that does lives here.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+AUDIENCE = "https://warden.test/jobs"
+
+
+def _b64(data: bytes) -> str:
+    from base64 import urlsafe_b64encode
+
+    return urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@dataclass
+class SigningKey:
+    """A private key with its kid and the algorithm it signs with."""
+
+    kid: str
+    alg: str
+    private: Any
+
+    @classmethod
+    def generate(cls, alg: str = "RS256", kid: str | None = None) -> SigningKey:
+        kid = kid or f"{alg.lower()}-{uuid.uuid4().hex[:8]}"
+        if alg.startswith(("RS", "PS")):
+            private: Any = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        elif alg == "ES256":
+            private = ec.generate_private_key(ec.SECP256R1())
+        elif alg == "EdDSA":
+            private = ed25519.Ed25519PrivateKey.generate()
+        else:
+            raise ValueError(alg)
+        return cls(kid, alg, private)
+
+    def public_jwk(self, *, with_alg: bool = True) -> dict[str, Any]:
+        public = self.private.public_key()
+        if self.alg.startswith(("RS", "PS")):
+            jwk = RSAAlgorithm.to_jwk(public, as_dict=True)
+        elif self.alg == "ES256":
+            jwk = ECAlgorithm.to_jwk(public, as_dict=True)
+        else:
+            jwk = OKPAlgorithm.to_jwk(public, as_dict=True)
+        jwk.update(kid=self.kid, use="sig")
+        if with_alg:
+            jwk["alg"] = self.alg
+        return jwk
+
+    def public_pem(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
+        return self.private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+
+@dataclass
+class Issuer:
+    """An authorization server as far as warden can see one: an ``iss`` and its keys."""
+
+    url: str
+    keys: list[SigningKey] = field(default_factory=list)
+    audience: str = AUDIENCE
+
+    def __post_init__(self) -> None:
+        if not self.keys:
+            self.keys.append(SigningKey.generate("RS256"))
+
+    @property
+    def key(self) -> SigningKey:
+        """The key it signs with now (the last one added)."""
+        return self.keys[-1]
+
+    def jwks(self) -> dict[str, Any]:
+        return {"keys": [k.public_jwk() for k in self.keys]}
+
+    def claims(self, **overrides: Any) -> dict[str, Any]:
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": self.url,
+            "sub": "service-account-reports",
+            "client_id": "reports-service",
+            "aud": self.audience,
+            "iat": now,
+            "exp": now + 300,
+            "jti": uuid.uuid4().hex,
+            "scope": "reports:write reports:read",
+        }
+        for name, value in overrides.items():
+            if value is DROP:
+                claims.pop(name, None)
+            else:
+                claims[name] = value
+        return claims
+
+    def token(
+        self,
+        *,
+        key: SigningKey | None = None,
+        alg: str | None = None,
+        header: dict[str, Any] | None = None,
+        **claims: Any,
+    ) -> str:
+        """A signed access token (``typ: at+jwt``) with default claims and ``claims`` over them."""
+        key = key or self.key
+        headers = {"typ": "at+jwt", "kid": key.kid, **(header or {})}
+        return jwt.encode(self.claims(**claims), key.private, algorithm=alg or key.alg, headers=headers)
+
+
+DROP = object()
+"""Pass as a claim value to leave that claim out of a token."""
+
+
+def unsigned(header: dict[str, Any], claims: dict[str, Any], signature: bytes = b"") -> str:
+    """A compact JWS assembled by hand, for tokens no library would sign."""
+    return ".".join(
+        (
+            _b64(json.dumps(header).encode()),
+            _b64(json.dumps(claims).encode()),
+            _b64(signature),
+        )
+    )
+
+
+class JwksServer:
+    """A local HTTP server publishing issuers' metadata and JWKS; it counts what it is asked."""
+
+    def __init__(self) -> None:
+        self.issuers: dict[str, Issuer] = {}
+        self.requests: list[str] = []
+        self.down = False
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                with server._lock:
+                    server.requests.append(self.path)
+                if server.down:
+                    self.send_error(503)
+                    return
+                document = server.document(self.path)
+                if document is None:
+                    self.send_error(404)
+                    return
+                body = json.dumps(document).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def issuer(self, name: str = "main", *keys: SigningKey) -> Issuer:
+        """A new issuer served under ``/<name>``."""
+        issuer = Issuer(f"{self.base}/{name}", list(keys))
+        self.issuers[name] = issuer
+        return issuer
+
+    def jwks_url(self, issuer: Issuer) -> str:
+        return f"{issuer.url}/jwks"
+
+    def jwks_requests(self, issuer: Issuer) -> int:
+        path = issuer.url.removeprefix(self.base) + "/jwks"
+        with self._lock:
+            return sum(1 for p in self.requests if p == path)
+
+    def document(self, path: str) -> dict[str, Any] | None:
+        for name, issuer in self.issuers.items():
+            if path == f"/{name}/jwks":
+                return issuer.jwks()
+            if path in (
+                f"/.well-known/oauth-authorization-server/{name}",
+                f"/{name}/.well-known/openid-configuration",
+            ):
+                return {"issuer": issuer.url, "jwks_uri": self.jwks_url(issuer)}
+        return None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+@contextmanager
+def jwks_server() -> Iterator[JwksServer]:
+    server = JwksServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

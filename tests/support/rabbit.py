@@ -1,0 +1,120 @@
+"""The tests' own side of the broker: publish jobs, read dead letters, look at queues."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from types import TracebackType
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage, DeliveryMode
+
+from worker import names
+
+
+class Rabbit:
+    """A connection of the test's own, with helpers that await events instead of sleeping."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._to_delete: set[str] = set()
+
+    async def __aenter__(self) -> Rabbit:
+        self.connection = await aio_pika.connect(self.url)
+        self.channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        channel = await self.connection.channel()
+        for queue in self._to_delete:
+            for name in (queue, names.dead_letter_queue(queue)):
+                await channel.queue_delete(name)
+        await self.connection.close()
+
+    def forget_later(self, queue: str) -> None:
+        """Delete ``queue`` and its dead-letter queue when the test ends."""
+        self._to_delete.add(queue)
+
+    async def publish(
+        self,
+        queue: str,
+        body: bytes | dict[str, Any],
+        *,
+        token: str | None = None,
+        headers: dict[str, Any] | None = None,
+        message_id: str | None = "auto",
+        content_type: str | None = "application/json",
+        **properties: Any,
+    ) -> str | None:
+        """Publish one message straight to ``queue``, confirmed; return its message id."""
+        if isinstance(body, dict):
+            body = json.dumps(body).encode()
+        all_headers = dict(headers or {})
+        if token is not None:
+            all_headers["authorization"] = f"Bearer {token}"
+        mid = uuid.uuid4().hex if message_id == "auto" else message_id
+        message = aio_pika.Message(
+            body,
+            headers=all_headers,
+            message_id=mid,
+            content_type=content_type,
+            delivery_mode=DeliveryMode.PERSISTENT,
+            **properties,
+        )
+        await self.channel.default_exchange.publish(message, queue, mandatory=True)
+        return mid
+
+    async def job(
+        self, queue: str, action: str, token: str | None, payload: dict[str, Any] | None = None, **kw: Any
+    ) -> str | None:
+        return await self.publish(
+            queue, {"action": action, "payload": payload or {}}, token=token, **kw
+        )
+
+    async def take(self, queue: str, count: int, timeout: float = 15.0) -> list[AbstractIncomingMessage]:
+        """Consume and ack ``count`` messages from ``queue``, waiting at most ``timeout``."""
+        channel = await self.connection.channel()
+        received: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        q = await channel.get_queue(queue)
+        tag = await q.consume(received.put)
+        out: list[AbstractIncomingMessage] = []
+        try:
+            async with asyncio.timeout(timeout):
+                while len(out) < count:
+                    message = await received.get()
+                    await message.ack()
+                    out.append(message)
+        finally:
+            await q.cancel(tag)
+            await channel.close()
+        return out
+
+    async def dead_letters(self, queue: str, count: int, timeout: float = 15.0) -> list[AbstractIncomingMessage]:
+        """The next ``count`` dead letters of ``queue``."""
+        return await self.take(names.dead_letter_queue(queue), count, timeout)
+
+    async def depth(self, queue: str) -> int:
+        """Messages ready in ``queue`` (not counting those delivered and unacked)."""
+        channel = await self.connection.channel()
+        try:
+            declared = await channel.declare_queue(queue, passive=True)
+            return declared.declaration_result.message_count or 0
+        finally:
+            await channel.close()
+
+    async def get_all(self, queue: str) -> list[AbstractIncomingMessage]:
+        """Take every message ready in ``queue`` now (acked), in order."""
+        channel = await self.connection.channel()
+        out: list[AbstractIncomingMessage] = []
+        try:
+            q = await channel.get_queue(queue)
+            while (message := await q.get(fail=False)) is not None:
+                await message.ack()
+                out.append(message)
+        finally:
+            await channel.close()
+        return out

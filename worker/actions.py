@@ -1,0 +1,139 @@
+"""Actions: the protected work a job asks for, registered with :func:`action` (SPEC section 5).
+
+The decorator checks what it can at import (a coroutine function, a ``scopes`` argument, a
+valid name); :meth:`Registry.from_modules` imports the modules ``WARDEN_ACTIONS`` names at
+start-up and refuses duplicate names there, so a bad registry never meets its first message.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from .errors import ConfigurationError
+
+ACTION_NAME = re.compile(r"^[a-z][a-z0-9_.:-]{0,127}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who the verified token speaks for. Holds no token."""
+
+    sub: str
+    client_id: str | None
+    scopes: frozenset[str]
+    issuer: str
+    jti: str | None
+    expires_at: datetime | None
+    actor: str | None = None
+    """``act.sub``: who acts for ``sub`` (RFC 8693 delegation), or None."""
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """What an action is handed: the job, never the token that carried it."""
+
+    id: str
+    action: str
+    payload: Mapping[str, Any]
+    principal: Principal
+    attempt: int = 1
+    redelivered: bool = False
+
+
+Handler = Callable[[Job], Awaitable[None]]
+H = TypeVar("H", bound=Handler)
+
+
+@dataclass(frozen=True, slots=True)
+class ActionSpec:
+    """A registered action: its name, the scopes it requires and its handler."""
+
+    name: str
+    scopes: frozenset[str]
+    handler: Handler
+    module: str
+
+
+_declared: dict[str, list[ActionSpec]] = {}
+"""Specs by the module that declared them; read by :meth:`Registry.from_modules`."""
+
+
+def action(name: str, *, scopes: Iterable[str]) -> Callable[[H], H]:
+    """Register ``handler`` as the action ``name``, runnable by tokens holding every scope."""
+    if not isinstance(name, str) or not ACTION_NAME.match(name):
+        raise ConfigurationError(f"action name {name!r} does not match {ACTION_NAME.pattern}")
+    if isinstance(scopes, str):
+        raise ConfigurationError(
+            f"action {name!r}: scopes must be a collection of scope names, not one string"
+        )
+    required = frozenset(scopes)
+    if any(not isinstance(s, str) or not s or " " in s for s in required):
+        raise ConfigurationError(f"action {name!r}: every scope must be a non-empty word")
+
+    def register(handler: H) -> H:
+        if not inspect.iscoroutinefunction(handler):
+            raise ConfigurationError(
+                f"action {name!r}: {handler.__qualname__} must be an async function"
+            )
+        spec = ActionSpec(name, required, handler, handler.__module__)
+        _declared.setdefault(spec.module, []).append(spec)
+        return handler
+
+    return register
+
+
+class Registry:
+    """The actions a worker can run, by name."""
+
+    def __init__(self, specs: Iterable[ActionSpec]) -> None:
+        self._by_name: dict[str, ActionSpec] = {}
+        for spec in specs:
+            other = self._by_name.get(spec.name)
+            if other is not None:
+                raise ConfigurationError(
+                    f"action {spec.name!r} is registered twice: in {other.module} and {spec.module}"
+                )
+            self._by_name[spec.name] = spec
+
+    @classmethod
+    def from_modules(cls, modules: Iterable[str]) -> Registry:
+        """Import each module and collect the actions it registered."""
+        specs: list[ActionSpec] = []
+        for module in modules:
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise ConfigurationError(f"WARDEN_ACTIONS: cannot import {module!r}: {exc}") from exc
+            found = _declared.get(module, [])
+            if not found:
+                raise ConfigurationError(f"WARDEN_ACTIONS: module {module!r} registers no action")
+            specs.extend(found)
+        return cls(specs)
+
+    @classmethod
+    def of(cls, *handlers: Handler) -> Registry:
+        """A registry of exactly these decorated handlers (for embedding and tests)."""
+        wanted = set(handlers)
+        specs = [s for found in _declared.values() for s in found if s.handler in wanted]
+        missing = wanted - {s.handler for s in specs}
+        if missing:
+            names = ", ".join(sorted(getattr(h, "__qualname__", repr(h)) for h in missing))
+            raise ConfigurationError(f"not registered with @action: {names}")
+        return cls(specs)
+
+    def get(self, name: str) -> ActionSpec | None:
+        """The action called ``name``, or None."""
+        return self._by_name.get(name)
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def names(self) -> list[str]:
+        """Registered action names, sorted."""
+        return sorted(self._by_name)

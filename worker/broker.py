@@ -1,0 +1,139 @@
+"""Everything that speaks AMQP: topology, the message parser, confirmed publishing.
+
+The rest of warden sees :class:`~worker.decision.Delivery` values, never aio-pika types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    DeliveryMode,
+    ExchangeType,
+)
+
+from . import names
+from .decision import Delivery
+from .errors import ConfigurationError, PublishFailed
+
+COPIED_PROPERTIES = (
+    "message_id",
+    "correlation_id",
+    "content_type",
+    "content_encoding",
+    "timestamp",
+    "type",
+    "app_id",
+    "priority",
+    "expiration",
+    "reply_to",
+    "user_id",
+)
+"""Properties a dead letter or a deferred copy keeps from the original."""
+
+
+def work_queue_arguments(queue: str, delivery_limit: int) -> dict[str, Any]:
+    """A quorum work queue whose crashes-too-often messages go to its dead-letter queue."""
+    return {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": names.DEAD_LETTER_EXCHANGE,
+        "x-dead-letter-routing-key": names.dead_letter_routing_key(
+            names.DELIVERY_LIMIT_REASON, queue
+        ),
+        "x-delivery-limit": delivery_limit,
+    }
+
+
+DEAD_LETTER_QUEUE_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum"}
+
+
+async def declare_topology(
+    channel: AbstractChannel, queues: tuple[str, ...], delivery_limit: int
+) -> dict[str, AbstractQueue]:
+    """Declare ``warden.dlx``, each work queue and its ``<queue>.dlq``; return the work queues."""
+    dlx = await channel.declare_exchange(
+        names.DEAD_LETTER_EXCHANGE, ExchangeType.TOPIC, durable=True
+    )
+    declared: dict[str, AbstractQueue] = {}
+    for queue in queues:
+        try:
+            work = await channel.declare_queue(
+                queue, durable=True, arguments=work_queue_arguments(queue, delivery_limit)
+            )
+            dlq = await channel.declare_queue(
+                names.dead_letter_queue(queue), durable=True, arguments=DEAD_LETTER_QUEUE_ARGUMENTS
+            )
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            raise ConfigurationError(
+                f"queue {queue!r} (or its dead-letter queue) exists with other arguments than "
+                f"warden declares ({exc.args[0] if exc.args else exc}); delete it or move it aside"
+            ) from None
+        await dlq.bind(dlx, names.dead_letter_binding(queue))
+        declared[queue] = work
+    return declared
+
+
+def _header_int(headers: Mapping[str, Any], name: str, default: int) -> int:
+    value = headers.get(name)
+    return value if type(value) is int and value > 0 else default
+
+
+def to_delivery(message: AbstractIncomingMessage, queue: str) -> Delivery:
+    """The transport-free view of an incoming message."""
+    headers = message.headers or {}
+    return Delivery(
+        body=message.body,
+        headers=headers,
+        message_id=message.message_id,
+        content_type=message.content_type,
+        queue=queue,
+        attempt=_header_int(headers, names.HEADER_ATTEMPT, 1),
+        redelivered=bool(message.redelivered),
+    )
+
+
+def copy_message(
+    message: AbstractIncomingMessage, headers: dict[str, Any]
+) -> aio_pika.Message:
+    """A persistent copy of ``message``: same body, same properties, the given headers."""
+    properties = {name: getattr(message, name) for name in COPIED_PROPERTIES}
+    if properties["timestamp"] is None:
+        properties["timestamp"] = datetime.now(UTC)
+    return aio_pika.Message(
+        message.body, headers=headers, delivery_mode=DeliveryMode.PERSISTENT, **properties
+    )
+
+
+async def publish_confirmed(
+    exchange: AbstractExchange, message: aio_pika.Message, routing_key: str
+) -> None:
+    """Publish with ``mandatory``; return once the broker confirmed, else raise
+    :class:`~worker.errors.PublishFailed` naming why."""
+    try:
+        confirmation = await exchange.publish(message, routing_key, mandatory=True)
+    except aio_pika.exceptions.DeliveryError as exc:
+        frame = exc.frame
+        why = "returned as unroutable" if frame is None else type(frame).__name__
+        raise PublishFailed(f"{exchange.name or 'default exchange'}: {why}") from None
+    except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+        raise PublishFailed(f"{exchange.name or 'default exchange'}: {describe(exc)}") from None
+    if not isinstance(confirmation, aiormq.spec.Basic.Ack):
+        raise PublishFailed(
+            f"{exchange.name or 'default exchange'}: not confirmed ({type(confirmation).__name__})"
+        )
+
+
+def describe(exc: BaseException) -> str:
+    """An AMQP error's type and the broker's reply text; never a message's content."""
+    texts = [a for a in exc.args if isinstance(a, str | int)][:2]
+    if isinstance(exc, aio_pika.exceptions.DeliveryError) or not texts:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: " + " ".join(str(t) for t in texts)

@@ -1,0 +1,198 @@
+"""The consumer: decide each delivery, run what is allowed, settle every message in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
+
+from . import names
+from .broker import copy_message, describe, publish_confirmed, to_delivery
+from .decision import Allowed, Delivery, Denied, Gate
+from .errors import PublishFailed, Unavailable
+from .execution import run_action
+from .outcomes import Again, DeadLetter, Defer, Done, Outcome
+from .record import denial_record, without_credentials
+from .settings import Settings
+
+log = logging.getLogger("warden.consumer")
+
+
+def backoff(base: float, ceiling: float, step: int) -> float:
+    """Exponential delay for the ``step``-th wait (0-based), capped, with +-20 % jitter."""
+    return min(base * 2 ** min(step, 32), ceiling) * random.uniform(0.8, 1.2)  # noqa: S311
+
+
+class Consumer:
+    """Handles the deliveries of every work queue of one worker."""
+
+    def __init__(
+        self,
+        gate: Gate,
+        settings: Settings,
+        publisher: AbstractChannel,
+        *,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.gate = gate
+        self.settings = settings
+        self._publisher = publisher
+        self._now = now
+        self._dlx: AbstractExchange | None = None
+        self.in_flight: set[asyncio.Task[Any]] = set()
+
+    async def on_message(self, queue: str, message: AbstractIncomingMessage) -> None:
+        """Decide, run and settle one delivery."""
+        task = asyncio.current_task()
+        if task is not None:
+            self.in_flight.add(task)
+        try:
+            delivery = to_delivery(message, queue)
+            outcome = await self.outcome(delivery)
+            await self.settle(message, delivery, outcome)
+        finally:
+            if task is not None:
+                self.in_flight.discard(task)
+
+    async def outcome(self, delivery: Delivery) -> Outcome:
+        """What should become of ``delivery``."""
+        try:
+            verdict = await self.gate.decide(delivery)
+        except Unavailable as exc:
+            return Defer(str(exc))
+        if isinstance(verdict, Allowed):
+            return await run_action(verdict, self.settings.max_attempts)
+        return DeadLetter(verdict)
+
+    async def settle(
+        self, message: AbstractIncomingMessage, delivery: Delivery, outcome: Outcome
+    ) -> None:
+        """The one place that acks, dead-letters or returns a message to its queue."""
+        match outcome:
+            case Done():
+                await self._ack(message)
+            case DeadLetter(denied):
+                self._log_denial(delivery, denied)
+                try:
+                    await self._dead_letter(message, delivery, denied)
+                except PublishFailed as exc:
+                    log.error(
+                        "dead letter not confirmed; returning the message to its queue",
+                        extra={"message_id": delivery.message_id, "queue": delivery.queue,
+                               "reason": denied.denial.reason, "error": str(exc)},
+                    )
+                    await self._defer(message, delivery, f"dead letter failed: {exc}")
+                else:
+                    await self._ack(message)
+            case Defer(why):
+                await self._defer(message, delivery, why)
+            case Again(why, delay):
+                wait = delay if delay is not None else backoff(
+                    self.settings.defer_seconds, self.settings.defer_max_seconds, delivery.attempt - 1
+                )
+                log.info(
+                    "action will be tried again",
+                    extra={"message_id": delivery.message_id, "queue": delivery.queue,
+                           "attempt": delivery.attempt, "delay": round(wait, 3), "error": why},
+                )
+                await self._put_back(
+                    message, delivery, {names.HEADER_ATTEMPT: delivery.attempt + 1}, wait
+                )
+
+    async def _defer(self, message: AbstractIncomingMessage, delivery: Delivery, why: str) -> None:
+        headers = delivery.headers
+        deferrals = headers.get(names.HEADER_DEFERRALS)
+        count = deferrals if type(deferrals) is int and deferrals >= 0 else 0
+        wait = backoff(self.settings.defer_seconds, self.settings.defer_max_seconds, count)
+        log.warning(
+            "no verdict yet; the message waits",
+            extra={"message_id": delivery.message_id, "queue": delivery.queue,
+                   "why": why, "delay": round(wait, 3)},
+        )
+        await self._put_back(message, delivery, {names.HEADER_DEFERRALS: count + 1}, wait)
+
+    async def _put_back(
+        self,
+        message: AbstractIncomingMessage,
+        delivery: Delivery,
+        update: dict[str, Any],
+        delay: float,
+    ) -> None:
+        """After ``delay``, requeue a copy at the tail with ``update`` in its headers, then ack.
+
+        A copy, because returning the original with a nack would count against the quorum
+        queue's delivery limit, which is for consumers that crash, not for waiting.
+        """
+        await asyncio.sleep(delay)
+        headers = {**delivery.headers, **update}
+        try:
+            await publish_confirmed(
+                self._publisher.default_exchange, copy_message(message, headers), delivery.queue
+            )
+        except PublishFailed as exc:
+            log.error(
+                "could not requeue a copy; returning the original",
+                extra={"message_id": delivery.message_id, "queue": delivery.queue, "error": str(exc)},
+            )
+            await self._nack(message)
+            return
+        await self._ack(message)
+
+    async def _dead_letter(
+        self, message: AbstractIncomingMessage, delivery: Delivery, denied: Denied
+    ) -> None:
+        if self._dlx is None:
+            self._dlx = await self._publisher.get_exchange(names.DEAD_LETTER_EXCHANGE, ensure=False)
+        record = denial_record(
+            denied,
+            delivery,
+            exchange=message.exchange or "",
+            routing_key=message.routing_key or "",
+            worker=self.settings.worker_id,
+            now=self._now(),
+        )
+        headers = without_credentials(delivery.headers, denied.token.raw if denied.token else None)
+        headers[names.HEADER_REASON] = record["reason"]
+        headers[names.HEADER_DENIAL] = record
+        routing_key = names.dead_letter_routing_key(record["reason"], delivery.queue)
+        await publish_confirmed(self._dlx, copy_message(message, headers), routing_key)
+
+    def _log_denial(self, delivery: Delivery, denied: Denied) -> None:
+        claims = (denied.token.claims if denied.token else None) or {}
+        log.info(
+            "denied",
+            extra={
+                "message_id": delivery.message_id,
+                "queue": delivery.queue,
+                "action": denied.action,
+                "reason": denied.denial.reason,
+                "detail": denied.denial.detail,
+                "client_id": claims.get("client_id"),
+                "jti": claims.get("jti"),
+                "traceparent": delivery.headers.get(names.HEADER_TRACEPARENT),
+            },
+        )
+
+    async def _ack(self, message: AbstractIncomingMessage) -> None:
+        try:
+            await message.ack()
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            log.warning(
+                "ack failed; the broker will deliver the message again",
+                extra={"message_id": message.message_id, "error": describe(exc)},
+            )
+
+    async def _nack(self, message: AbstractIncomingMessage) -> None:
+        try:
+            await message.nack(requeue=True)
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            log.warning(
+                "nack failed; the broker will deliver the message again",
+                extra={"message_id": message.message_id, "error": describe(exc)},
+            )

@@ -1,0 +1,213 @@
+"""The decision: SPEC section 2's ordered checks over one message, free of any transport.
+
+:func:`read_job` and :func:`bearer_token` are checks 1 and 2; :mod:`worker.tokens` does 3 to 12;
+:class:`Gate` ties them to the key store and the action registry and adds 14 and 15. The result is
+an :class:`Allowed` or a :class:`Denied`; a verdict that cannot be reached raises
+:class:`~worker.errors.Unavailable`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from . import errors
+from .actions import ACTION_NAME, ActionSpec, Job, Principal, Registry
+from .names import HEADER_AUTHORIZATION
+from .tokens import IssuerPolicy, KeyLookup, TokenCheck, Trust, granted_scopes, shown, verify
+
+_BEARER = re.compile(r"^[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9._~+/-]+=*) *$")
+_JSON_TYPES = ("application/json",)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What the decision sees of a message: bytes, properties and headers, nothing of AMQP."""
+
+    body: bytes
+    headers: Mapping[str, Any]
+    message_id: str | None
+    content_type: str | None
+    queue: str
+    attempt: int = 1
+    redelivered: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    """A body that passed check 1."""
+
+    action: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Allowed:
+    """Every check passed: run ``spec`` with ``job``."""
+
+    job: Job
+    spec: ActionSpec
+    token: TokenCheck
+
+
+@dataclass(frozen=True, slots=True)
+class Denied:
+    """A check failed: dead-letter the message with ``denial``."""
+
+    denial: errors.Denial
+    action: str | None
+    token: TokenCheck | None
+
+
+Verdict = Allowed | Denied
+
+
+class KeyStore(KeyLookup, Protocol):
+    """Keys already fetched, and a way to ask for a rate-limited refetch."""
+
+    def loaded(self, issuer: str) -> bool:
+        """Whether any key of ``issuer`` was ever fetched."""
+        ...
+
+    async def refetch(self, issuer: str) -> None:
+        """Fetch ``issuer``'s keys again, unless a fetch is cooling down (then return at once)."""
+        ...
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("duplicate member")
+    return out
+
+
+_body_decoder = json.JSONDecoder(object_pairs_hook=_reject_duplicates)
+
+
+def read_job(delivery: Delivery) -> JobRequest:
+    """Check 1: the body is a job object (``schemas/job.schema.json``) with a ``message_id``."""
+    message_id = delivery.message_id
+    if not message_id or len(message_id) > 128:
+        raise errors.MalformedMessage("message_id must be 1 to 128 characters")
+    content_type = delivery.content_type
+    if content_type and content_type.split(";", 1)[0].strip().lower() not in _JSON_TYPES:
+        raise errors.MalformedMessage(f"content_type {shown(content_type)} is not application/json")
+    try:
+        body = _body_decoder.decode(delivery.body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise errors.MalformedMessage("the body is not UTF-8") from None
+    except (ValueError, RecursionError):
+        raise errors.MalformedMessage("the body is not JSON without duplicate members") from None
+    if not isinstance(body, dict):
+        raise errors.MalformedMessage("the body is not a JSON object")
+    if body.keys() != {"action", "payload"}:
+        extra = sorted(body.keys() - {"action", "payload"})
+        missing = sorted({"action", "payload"} - body.keys())
+        what = f"unexpected members {extra}" if extra else f"missing members {missing}"
+        raise errors.MalformedMessage(f"the job has {shown(what, 120)}")
+    action, payload = body["action"], body["payload"]
+    if not isinstance(action, str) or not ACTION_NAME.match(action):
+        raise errors.MalformedMessage(f"action {shown(action)} does not match {ACTION_NAME.pattern}")
+    if not isinstance(payload, dict):
+        raise errors.MalformedMessage("payload is not an object")
+    return JobRequest(action, payload)
+
+
+def bearer_token(headers: Mapping[str, Any]) -> str:
+    """Check 2: the ``authorization`` header holds ``Bearer <token>`` (RFC 6750 section 2.1)."""
+    value = headers.get(HEADER_AUTHORIZATION)
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("ascii")
+        except UnicodeDecodeError:
+            raise errors.TokenMissing("the authorization header is not ASCII") from None
+    if not isinstance(value, str) or not value:
+        raise errors.TokenMissing("no authorization header")
+    match = _BEARER.match(value)
+    if match is None:
+        if value[:7].lower() == "bearer ":
+            raise errors.TokenMalformed("the Bearer token is not RFC 6750 token syntax")
+        raise errors.TokenMissing("the authorization header is not a Bearer credential")
+    return match.group(1)
+
+
+def principal(claims: Mapping[str, Any], issuer: str) -> Principal:
+    """Who a verified token speaks for."""
+    exp = claims.get("exp")
+    act = claims.get("act")
+    return Principal(
+        sub=claims.get("sub", ""),
+        client_id=claims.get("client_id"),
+        scopes=granted_scopes(claims),
+        issuer=issuer,
+        jti=claims.get("jti"),
+        expires_at=datetime.fromtimestamp(exp, UTC) if isinstance(exp, int) else None,
+        actor=act.get("sub") if isinstance(act, dict) else None,
+    )
+
+
+class Gate:
+    """Decides messages: checks 1 to 12, 14 and 15 of SPEC section 2."""
+
+    def __init__(
+        self,
+        trust: Trust,
+        keys: KeyStore,
+        registry: Registry,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.trust = trust
+        self.keys = keys
+        self.registry = registry
+        self.clock = clock
+
+    async def decide(self, delivery: Delivery) -> Verdict:
+        """The verdict on one message; raises :class:`~worker.errors.Unavailable` to wait."""
+        action: str | None = None
+        check: TokenCheck | None = None
+        try:
+            request = read_job(delivery)
+            action = request.action
+            check = TokenCheck(bearer_token(delivery.headers))
+            policy = await self._verify(check)
+            assert check.claims is not None  # noqa: S101 - verify() parsed them
+            spec = self.registry.get(request.action)
+            if spec is None:
+                raise errors.ActionUnknown(f"no action {request.action!r} is registered")
+            who = principal(check.claims, policy.issuer)
+            lacking = spec.scopes - who.scopes
+            if lacking:
+                raise errors.ScopeInsufficient(
+                    f"action {spec.name!r} requires scopes missing from the token: "
+                    + " ".join(sorted(lacking))
+                )
+        except errors.Denial as denial:
+            return Denied(denial, action, check)
+        job = Job(
+            id=delivery.message_id or "",
+            action=request.action,
+            payload=request.payload,
+            principal=who,
+            attempt=delivery.attempt,
+            redelivered=delivery.redelivered,
+        )
+        return Allowed(job, spec, check)
+
+    async def _verify(self, check: TokenCheck) -> IssuerPolicy:
+        try:
+            return verify(check, self.trust, self.keys, self.clock())
+        except errors.KeyUnknown:
+            policy, kid = check.policy, (check.header or {}).get("kid")
+            if policy is None or kid is None:
+                raise
+            await self.keys.refetch(policy.issuer)
+            if self.keys.key(policy.issuer, kid) is not None:
+                return verify(check, self.trust, self.keys, self.clock())
+            if not self.keys.loaded(policy.issuer):
+                raise errors.KeysUnavailable(f"no key of {policy.issuer} could be fetched") from None
+            raise

@@ -1,0 +1,70 @@
+"""Publishing jobs with publisher confirms: what ``warden publish`` does."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import DeliveryMode
+
+from . import names
+from .broker import publish_confirmed
+
+WINDOW = 256
+"""Publishes awaiting their confirm at once: confirms are awaited in batches, not one by one."""
+
+
+def job_message(
+    action: str,
+    payload: Mapping[str, Any],
+    token: str,
+    *,
+    message_id: str | None = None,
+    headers: Mapping[str, Any] | None = None,
+) -> aio_pika.Message:
+    """A persistent job message (SPEC section 1) carrying ``token`` as a Bearer credential."""
+    return aio_pika.Message(
+        body=_body(action, payload),
+        content_type="application/json",
+        delivery_mode=DeliveryMode.PERSISTENT,
+        message_id=message_id or str(uuid.uuid4()),
+        timestamp=datetime.now(UTC),
+        headers={**(headers or {}), names.HEADER_AUTHORIZATION: f"Bearer {token}"},
+    )
+
+
+def _body(action: str, payload: Mapping[str, Any]) -> bytes:
+    return json.dumps({"action": action, "payload": dict(payload)}, separators=(",", ":")).encode()
+
+
+async def publish_jobs(
+    broker_url: str,
+    queue: str,
+    action: str,
+    payload: Mapping[str, Any],
+    token: str,
+    *,
+    count: int = 1,
+    message_id: str | None = None,
+) -> list[str]:
+    """Publish ``count`` jobs to ``queue``; return their message ids once all are confirmed."""
+    ids = [message_id] if message_id and count == 1 else [str(uuid.uuid4()) for _ in range(count)]
+    connection = await aio_pika.connect(broker_url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        exchange = channel.default_exchange
+        for start in range(0, len(ids), WINDOW):
+            await asyncio.gather(
+                *(
+                    publish_confirmed(
+                        exchange, job_message(action, payload, token, message_id=mid), queue
+                    )
+                    for mid in ids[start : start + WINDOW]
+                )
+            )
+    return ids

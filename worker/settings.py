@@ -1,0 +1,202 @@
+"""Configuration from ``WARDEN_*`` environment variables (SPEC section 6).
+
+One frozen :class:`Settings` is built at the edge (the CLI) and passed down. A missing or bad
+value stops start-up with one line that names the variable (:func:`load_settings`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from typing import Annotated, Any, Literal, Self, TypeVar
+
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .errors import ConfigurationError
+
+ENV_PREFIX = "WARDEN_"
+
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+"""Every algorithm warden can verify. ``none`` and ``HS*`` are never among them."""
+
+DEFAULT_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
+DEFAULT_REQUIRED_CLAIMS = ("iss", "exp", "aud", "sub", "client_id", "iat", "jti")
+ACCESS_TOKEN_TYPES = ("at+jwt", "application/at+jwt")
+
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_:-][A-Za-z0-9_.:-]{0,200}$")
+
+
+def _split(value: object) -> object:
+    if isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    return value
+
+
+def _check_algorithms(value: tuple[str, ...]) -> tuple[str, ...]:
+    for name in value:
+        if name.lower() == "none" or name.upper().startswith("HS"):
+            raise ValueError(f"{name!r} is never accepted: only asymmetric algorithms are")
+        if name not in ASYMMETRIC_ALGORITHMS:
+            known = ", ".join(sorted(ASYMMETRIC_ALGORITHMS))
+            raise ValueError(f"unknown algorithm {name!r} (known: {known})")
+    if not value:
+        raise ValueError("at least one algorithm is needed")
+    return value
+
+
+class IssuerSettings(BaseModel):
+    """One trusted authorization server."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    issuer: Annotated[str, Field(min_length=1)]
+    jwks_url: AnyHttpUrl | None = None
+    audience: str | None = None
+    algorithms: tuple[str, ...] | None = None
+    accept_typ: tuple[str, ...] = ()
+    required_claims: tuple[str, ...] | None = None
+
+    @field_validator("algorithms")
+    @classmethod
+    def _algorithms(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return None if value is None else _check_algorithms(value)
+
+
+class BrokerSettings(BaseSettings):
+    """What a command that only talks to the broker needs."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+
+    broker_url: SecretStr = SecretStr("amqp://guest:guest@localhost:5672/")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+class Settings(BrokerSettings):
+    """Everything a worker needs to know, read once at start-up."""
+
+    queues: Annotated[tuple[str, ...], NoDecode] = ("jobs",)
+    actions: Annotated[tuple[str, ...], NoDecode] = ()
+    issuer: str | None = None
+    jwks_url: AnyHttpUrl | None = None
+    audience: str | None = None
+    issuers: tuple[IssuerSettings, ...] = ()
+    algorithms: Annotated[tuple[str, ...], NoDecode] = DEFAULT_ALGORITHMS
+    leeway_seconds: Annotated[int, Field(ge=0, le=3600)] = 30
+    prefetch: Annotated[int, Field(ge=1, le=65535)] = 64
+    http_port: Annotated[int, Field(ge=0, le=65535)] = 9100
+    max_token_bytes: Annotated[int, Field(ge=256, le=65536)] = 8192
+    delivery_limit: Annotated[int, Field(ge=1)] = 5
+    max_attempts: Annotated[int, Field(ge=1)] = 5
+    jwks_timeout_seconds: Annotated[float, Field(gt=0)] = 5.0
+    jwks_cooldown_seconds: Annotated[float, Field(ge=0)] = 30.0
+    jwks_refresh_seconds: Annotated[float, Field(gt=0)] = 300.0
+    shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 30.0
+    defer_seconds: Annotated[float, Field(gt=0)] = 1.0
+    defer_max_seconds: Annotated[float, Field(gt=0)] = 30.0
+    worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+
+    @field_validator("queues", "actions", "algorithms", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return _split(value)
+
+    @field_validator("queues")
+    @classmethod
+    def _queues(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one queue is needed")
+        for name in value:
+            if not _QUEUE_NAME.match(name) or name.endswith(".dlq"):
+                raise ValueError(
+                    f"{name!r} is not a usable queue name (letters, digits, _ . : -, "
+                    "not starting with a dot, not ending in .dlq)"
+                )
+        return value
+
+    @field_validator("algorithms")
+    @classmethod
+    def _algorithms(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _check_algorithms(value)
+
+    @model_validator(mode="after")
+    def _issuers_and_audience(self) -> Self:
+        if not self.issuer and not self.issuers:
+            raise ValueError("WARDEN_ISSUER is required unless WARDEN_ISSUERS is set")
+        if self.audience is None and (
+            not self.issuers or any(i.audience is None for i in self.issuers)
+        ):
+            raise ValueError("WARDEN_AUDIENCE is required")
+        return self
+
+    def trusted_issuers(self) -> tuple[IssuerSettings, ...]:
+        """Every trusted issuer, with the global audience and algorithms filled in."""
+        entries = list(self.issuers)
+        if self.issuer:
+            entries.insert(0, IssuerSettings(issuer=self.issuer, jwks_url=self.jwks_url))
+        seen: set[str] = set()
+        for entry in entries:
+            if entry.issuer in seen:
+                raise ConfigurationError(f"WARDEN_ISSUERS: issuer {entry.issuer!r} is listed twice")
+            seen.add(entry.issuer)
+        return tuple(
+            entry.model_copy(
+                update={
+                    "audience": entry.audience or self.audience,
+                    "algorithms": entry.algorithms or self.algorithms,
+                    "required_claims": entry.required_claims or DEFAULT_REQUIRED_CLAIMS,
+                }
+            )
+            for entry in entries
+        )
+
+
+def _variable(loc: tuple[int | str, ...]) -> str:
+    if not loc:
+        return "configuration"
+    name = f"{ENV_PREFIX}{str(loc[0]).upper()}"
+    rest = ".".join(str(part) for part in loc[1:])
+    return f"{name}[{rest}]" if rest else name
+
+
+def describe(error: ValidationError) -> str:
+    """One line naming each bad variable and why, with no value that could be a secret."""
+    parts = []
+    for item in error.errors(include_url=False, include_input=False):
+        loc: tuple[int | str, ...] = item["loc"]
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "missing":
+            message = "is required"
+        parts.append(message if not loc else f"{_variable(loc)}: {message}")
+    return "; ".join(parts)
+
+
+S = TypeVar("S", bound=BrokerSettings)
+
+
+def load_settings(kind: type[S] = Settings, **overrides: Any) -> S:  # type: ignore[assignment]
+    """Read the environment; raise :class:`ConfigurationError` naming what is wrong."""
+    try:
+        settings = kind(**overrides)
+        if isinstance(settings, Settings):
+            settings.trusted_issuers()
+    except ValidationError as exc:
+        raise ConfigurationError(describe(exc)) from None
+    return settings

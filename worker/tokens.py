@@ -1,0 +1,307 @@
+"""Access-token verification: checks 3 to 12 of SPEC section 2, in that order.
+
+Pure and synchronous: given the token text, the trusted issuers, a key lookup and the clock, it
+returns the verified claims or raises the :class:`~worker.errors.Denial` of the first check that
+fails. Fetching keys is the caller's business (:mod:`worker.keys`); when the ``kid`` is unknown
+the caller may refetch once and ask again.
+"""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+import json
+import re
+from base64 import urlsafe_b64decode
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from jwt.algorithms import Algorithm, get_default_algorithms
+
+from . import errors
+from .settings import ACCESS_TOKEN_TYPES, IssuerSettings
+
+_SEGMENT = re.compile(rb"^[A-Za-z0-9_-]*$")
+_VERIFIERS: dict[str, Algorithm] = {
+    name: algorithm
+    for name, algorithm in get_default_algorithms().items()
+    if name != "none" and not name.startswith("HS")
+}
+
+# Which key an algorithm may be used with: (kty, crv or None).
+_KEY_FIT: dict[str, tuple[str, frozenset[str | None]]] = {
+    **{a: ("RSA", frozenset({None})) for a in ("RS256", "RS384", "RS512")},
+    **{a: ("RSA", frozenset({None})) for a in ("PS256", "PS384", "PS512")},
+    "ES256": ("EC", frozenset({"P-256"})),
+    "ES384": ("EC", frozenset({"P-384"})),
+    "ES512": ("EC", frozenset({"P-521"})),
+    "EdDSA": ("OKP", frozenset({"Ed25519", "Ed448"})),
+}
+
+SUMMARY_CLAIMS = ("iss", "sub", "client_id", "jti", "exp", "scope", "act")
+"""Claims a denial record may carry about its token (SPEC section 3)."""
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationKey:
+    """A parsed public key of an issuer, with the JWK facts that bind it to algorithms."""
+
+    kid: str
+    kty: str
+    crv: str | None
+    alg: str | None
+    key: Any
+
+    def fits(self, alg: str) -> bool:
+        """Whether a signature made with ``alg`` may be checked with this key."""
+        fit = _KEY_FIT.get(alg)
+        if fit is None or self.kty != fit[0] or self.crv not in fit[1]:
+            return False
+        return self.alg is None or self.alg == alg
+
+
+class KeyLookup(Protocol):
+    """Keys of the trusted issuers, already fetched."""
+
+    def key(self, issuer: str, kid: str) -> VerificationKey | None:
+        """The issuer's key called ``kid``, or None."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerPolicy:
+    """What a token of one trusted issuer must satisfy."""
+
+    issuer: str
+    audience: str
+    algorithms: frozenset[str]
+    token_types: frozenset[str]
+    required_claims: tuple[str, ...]
+
+    @classmethod
+    def from_settings(cls, entry: IssuerSettings) -> IssuerPolicy:
+        """Build the policy of a configured issuer (audience and algorithms filled in)."""
+        if entry.audience is None or entry.algorithms is None or entry.required_claims is None:
+            raise errors.ConfigurationError(f"issuer {entry.issuer!r} is not fully configured")
+        return cls(
+            issuer=entry.issuer,
+            audience=entry.audience,
+            algorithms=frozenset(entry.algorithms),
+            token_types=frozenset(ACCESS_TOKEN_TYPES) | {t.lower() for t in entry.accept_typ},
+            required_claims=tuple(entry.required_claims),
+        )
+
+
+class Trust:
+    """The trusted issuers, by exact ``iss`` value."""
+
+    def __init__(self, policies: Iterable[IssuerPolicy], *, leeway: int, max_token_bytes: int):
+        self.policies: dict[str, IssuerPolicy] = {p.issuer: p for p in policies}
+        self.leeway = leeway
+        self.max_token_bytes = max_token_bytes
+        self.any_algorithm = frozenset().union(*(p.algorithms for p in self.policies.values()))
+        self.default_types = frozenset(ACCESS_TOKEN_TYPES)
+
+
+@dataclass(slots=True)
+class TokenCheck:
+    """One token going through the checks; what a denial may report of it."""
+
+    raw: str
+    header: dict[str, Any] | None = None
+    claims: dict[str, Any] | None = None
+    verified: bool = False
+    policy: IssuerPolicy | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        return f"TokenCheck(fingerprint={self.fingerprint()!r}, verified={self.verified})"
+
+    def fingerprint(self) -> str:
+        """``sha256:`` and the hex digest of the token."""
+        return "sha256:" + hashlib.sha256(self.raw.encode("ascii", "replace")).hexdigest()
+
+    def summary(self) -> dict[str, Any]:
+        """The denial record's ``token`` member: never the token itself."""
+        out: dict[str, Any] = {"fingerprint": self.fingerprint(), "verified": self.verified}
+        if self.claims is not None:
+            out.update((k, self.claims[k]) for k in SUMMARY_CLAIMS if k in self.claims)
+        return out
+
+
+def shown(value: object, limit: int = 64) -> str:
+    """``repr`` of an untrusted value, cut short so a detail line stays a line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("duplicate member")
+    return out
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+_decoder = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+
+
+def _segment(data: bytes, what: str) -> bytes:
+    if not _SEGMENT.match(data) or len(data) % 4 == 1:
+        raise errors.TokenMalformed(f"the {what} is not base64url")
+    try:
+        return urlsafe_b64decode(data + b"=" * (-len(data) % 4))
+    except (binascii.Error, ValueError):
+        raise errors.TokenMalformed(f"the {what} is not base64url") from None
+
+
+def _json_object(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = _decoder.decode(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise errors.TokenMalformed(f"the {what} is not a JSON object without duplicate members") from None
+    if not isinstance(value, dict):
+        raise errors.TokenMalformed(f"the {what} is not a JSON object")
+    return value
+
+
+def _is_int(value: object) -> bool:
+    return type(value) is int
+
+
+def _is_str_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+_CLAIM_TYPES: dict[str, tuple[str, Any]] = {
+    "iss": ("a string", lambda v: isinstance(v, str)),
+    "sub": ("a string", lambda v: isinstance(v, str)),
+    "client_id": ("a string", lambda v: isinstance(v, str)),
+    "jti": ("a string", lambda v: isinstance(v, str)),
+    "exp": ("an integer NumericDate", _is_int),
+    "nbf": ("an integer NumericDate", _is_int),
+    "iat": ("an integer NumericDate", _is_int),
+    "aud": ("a string or an array of strings", lambda v: isinstance(v, str) or _is_str_list(v)),
+    "scope": ("a space-delimited string", lambda v: isinstance(v, str)),
+    "scp": ("a string or an array of strings", lambda v: isinstance(v, str) or _is_str_list(v)),
+    "act": ("an object with a string sub", lambda v: isinstance(v, dict) and isinstance(v.get("sub"), str)),
+    "cnf": ("an object", lambda v: isinstance(v, dict)),
+}
+_HEADER_TYPES: dict[str, tuple[str, Any]] = {
+    "alg": ("a string", lambda v: isinstance(v, str)),
+    "kid": ("a string", lambda v: isinstance(v, str)),
+    "typ": ("a string", lambda v: isinstance(v, str)),
+    "crit": ("an array of strings", _is_str_list),
+}
+
+
+def _check_types(obj: Mapping[str, Any], types: Mapping[str, tuple[str, Any]], what: str) -> None:
+    for name, (expected, ok) in types.items():
+        if name in obj and not ok(obj[name]):
+            raise errors.TokenMalformed(f"{what} {name!r} is not {expected}")
+
+
+def parse(check: TokenCheck, max_bytes: int) -> tuple[bytes, bytes]:
+    """Check 3: a compact JWS whose header and claims are JSON objects of the right types.
+
+    Fills ``check.header`` and ``check.claims``; returns the signing input and the signature.
+    """
+    raw = check.raw.encode("ascii", "replace")
+    if len(raw) > max_bytes:
+        raise errors.TokenMalformed(f"the token is {len(raw)} bytes, more than {max_bytes}")
+    parts = raw.split(b".")
+    if len(parts) != 3:
+        kind = "a JWE" if len(parts) == 5 else f"{len(parts)} segments"
+        raise errors.TokenMalformed(f"the token is {kind}, not a compact JWS of 3 segments")
+    header = _json_object(_segment(parts[0], "header"), "header")
+    _check_types(header, _HEADER_TYPES, "header member")
+    check.header = header
+    claims = _json_object(_segment(parts[1], "payload"), "payload")
+    _check_types(claims, _CLAIM_TYPES, "claim")
+    check.claims = claims
+    signature = _segment(parts[2], "signature")
+    return parts[0] + b"." + parts[1], signature
+
+
+def verify(check: TokenCheck, trust: Trust, keys: KeyLookup, now: float) -> IssuerPolicy:
+    """Run checks 3 to 12 on ``check.raw``; return the issuer's policy when all pass."""
+    signing_input, signature = parse(check, trust.max_token_bytes)
+    header, claims = check.header, check.claims
+    assert header is not None and claims is not None  # noqa: S101 - parse() sets both
+
+    iss = claims.get("iss")
+    policy = trust.policies.get(iss) if isinstance(iss, str) else None
+
+    # 4: the algorithm comes from configuration; the header only names which one was used.
+    alg = header.get("alg")
+    allowed = policy.algorithms if policy else trust.any_algorithm
+    if alg not in allowed or alg not in _VERIFIERS:
+        raise errors.AlgorithmNotAllowed(f"alg {shown(alg)} is not allowed")
+
+    # 5: an access token, not an ID token or another JWT; no extension we do not understand.
+    typ = header.get("typ")
+    types = policy.token_types if policy else trust.default_types
+    if typ is None or typ.lower() not in types:
+        raise errors.TokenTypeInvalid(f"typ {shown(typ)} is not an access-token type")
+    if "crit" in header:
+        raise errors.TokenTypeInvalid(f"crit {shown(header['crit'])} names an extension warden does not understand")
+
+    # 6
+    if policy is None:
+        raise errors.IssuerUntrusted(
+            "the token has no iss" if iss is None else f"iss {shown(iss)} is not a trusted issuer"
+        )
+    check.policy = policy
+
+    # 7: keys come from the issuer's JWKS only, never from jku, x5u, jwk or x5c.
+    kid = header.get("kid")
+    if kid is None:
+        raise errors.KeyUnknown("the token header has no kid")
+    key = keys.key(policy.issuer, kid)
+    if key is None:
+        raise errors.KeyUnknown(f"kid {shown(kid)} is not a key of {policy.issuer}")
+    if not key.fits(alg):
+        raise errors.AlgorithmNotAllowed(f"alg {alg!r} does not fit key {shown(kid)} ({key.kty})")
+
+    # 8
+    if not _VERIFIERS[alg].verify(signing_input, key.key, signature):
+        raise errors.SignatureInvalid("the signature does not verify")
+    check.verified = True
+
+    check_claims(claims, policy, now, trust.leeway)
+    return policy
+
+
+def check_claims(claims: Mapping[str, Any], policy: IssuerPolicy, now: float, leeway: int) -> None:
+    """Checks 9 to 12 on verified claims."""
+    exp = claims.get("exp")
+    if exp is not None and exp + leeway <= now:
+        raise errors.TokenExpired(f"the token expired at {exp}")
+    for name in ("nbf", "iat"):
+        value = claims.get(name)
+        if value is not None and value - leeway > now:
+            raise errors.TokenNotYetValid(f"{name} {value} is in the future")
+    aud = claims.get("aud")
+    audiences = (aud,) if isinstance(aud, str) else (aud or ())
+    if policy.audience not in audiences:
+        raise errors.AudienceMismatch(f"aud does not contain {policy.audience!r}")
+    missing = [name for name in policy.required_claims if name not in claims]
+    if missing:
+        raise errors.ClaimsMissing("missing required claims: " + " ".join(missing))
+
+
+def granted_scopes(claims: Mapping[str, Any]) -> frozenset[str]:
+    """The union of ``scope`` (space-delimited) and ``scp`` (string or array)."""
+    scopes: set[str] = set()
+    scope = claims.get("scope")
+    if isinstance(scope, str):
+        scopes.update(scope.split())
+    scp = claims.get("scp")
+    if isinstance(scp, str):
+        scopes.update(scp.split())
+    elif isinstance(scp, list):
+        scopes.update(s for s in scp if isinstance(s, str))
+    return frozenset(scopes)
