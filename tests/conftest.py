@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import uuid
@@ -15,6 +16,7 @@ import pytest
 
 from tests.support.actions import ran
 from tests.support.issuer import Issuer, JwksServer, jwks_server
+from tests.support.logwatch import LogWatch
 from tests.support.rabbit import Rabbit
 from worker.actions import Registry
 from worker.runner import Worker
@@ -90,6 +92,21 @@ def _fresh_recorder() -> None:
     ran.reset()
 
 
+@pytest.fixture
+def logwatch() -> Iterator[LogWatch]:
+    """Every record of the ``warden`` loggers during the test, awaitable."""
+    watch = LogWatch()
+    logger = logging.getLogger("warden")
+    logger.addHandler(watch)
+    previous = logger.level
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield watch
+    finally:
+        logger.removeHandler(watch)
+        logger.setLevel(previous)
+
+
 REGISTRY = Registry.from_modules(["tests.support.actions"])
 
 
@@ -110,7 +127,20 @@ def worker_settings(broker_url: str, jwks: JwksServer, issuer: Issuer, queue: st
     return Settings(**values)
 
 
-StartWorker = Callable[..., Awaitable[Worker]]
+class Running:
+    """A worker started by a test, with a way to stop it and wait until it has."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.stop_event = asyncio.Event()
+        self.task = asyncio.create_task(worker.run(self.stop_event))
+
+    async def stop(self) -> None:
+        self.stop_event.set()
+        await asyncio.wait_for(asyncio.shield(self.task), 30)
+
+
+StartWorker = Callable[..., Awaitable[Running]]
 
 
 @pytest.fixture
@@ -118,16 +148,16 @@ async def start_worker(
     broker_url: str, jwks: JwksServer, issuer: Issuer, queue_name: str, rabbit: Rabbit
 ) -> AsyncIterator[StartWorker]:
     """Start in-process workers on the test's queue; stop them and delete the queue afterwards."""
-    running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+    running: list[Running] = []
 
-    async def start(registry: Registry = REGISTRY, **overrides: Any) -> Worker:
+    async def start(registry: Registry = REGISTRY, **overrides: Any) -> Running:
         settings = worker_settings(broker_url, jwks, issuer, queue_name, **overrides)
         for queue in settings.queues:
             rabbit.forget_later(queue)
         worker = Worker(settings, registry)
-        stop = asyncio.Event()
-        task = asyncio.create_task(worker.run(stop))
-        running.append((stop, task))
+        handle = Running(worker)
+        running.append(handle)
+        task = handle.task
         ready = asyncio.create_task(worker.ready.wait())
         done, _ = await asyncio.wait({ready, task}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
@@ -135,11 +165,11 @@ async def start_worker(
             task.result()
         if ready not in done:
             raise TimeoutError("worker did not start consuming")
-        return worker
+        return handle
 
     yield start
-    for stop, _ in running:
-        stop.set()
-    for _, task in running:
+    for handle in running:
+        handle.stop_event.set()
+    for handle in running:
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, 30)
+            await asyncio.wait_for(handle.task, 30)

@@ -74,6 +74,10 @@ class KeyStore(KeyLookup, Protocol):
         """Whether any key of ``issuer`` was ever fetched."""
         ...
 
+    def fetched_at(self, issuer: str) -> float | None:
+        """When the last successful fetch of ``issuer``'s keys started (wall clock)."""
+        ...
+
     async def refetch(self, issuer: str) -> None:
         """Fetch ``issuer``'s keys again, unless a fetch is cooling down (then return at once)."""
         ...
@@ -210,4 +214,22 @@ class Gate:
                 return verify(check, self.trust, self.keys, self.clock())
             if not self.keys.loaded(policy.issuer):
                 raise errors.KeysUnavailable(f"no key of {policy.issuer} could be fetched") from None
+            if self._key_may_be_newer(check, policy.issuer):
+                raise errors.KeysUnavailable(
+                    f"kid {shown(kid)} may be newer than the keys of {policy.issuer} fetched so "
+                    "far; waiting for the next fetch"
+                ) from None
             raise
+
+    def _key_may_be_newer(self, check: TokenCheck, issuer: str) -> bool:
+        """Whether the token may have been signed after our last look at the issuer's JWKS.
+
+        An issuer may sign with a key the moment it publishes it; such a token waits for the next
+        fetch (one per cool-down) rather than being denied. ``iat`` is unverified here, so only
+        an ``iat`` no later than now plus the leeway counts: a token can wait only boundedly.
+        """
+        iat = (check.claims or {}).get("iat")
+        fetched = self.keys.fetched_at(issuer)
+        if type(iat) is not int or fetched is None:
+            return False
+        return iat <= self.clock() + self.trust.leeway and fetched <= iat + 1

@@ -90,6 +90,7 @@ class IssuerKeys:
         refresh: float,
         attempts: int = 3,
         clock: Any = time.monotonic,
+        wall: Any = time.time,
     ) -> None:
         self.issuer = issuer
         self.jwks_url = jwks_url
@@ -98,6 +99,9 @@ class IssuerKeys:
         self._refresh = refresh
         self._attempts = attempts
         self._clock = clock
+        self._wall = wall
+        self.fetched_at: float | None = None
+        """Wall-clock time at which the last successful fetch started."""
         self._keys: dict[str, VerificationKey] = {}
         self._loaded = False
         self._last_attempt: float | None = None
@@ -143,6 +147,7 @@ class IssuerKeys:
 
     async def _fetch(self) -> None:
         self.fetches += 1
+        started = self._wall()
         try:
             if self.jwks_url is None:
                 self.jwks_url = await self._discover()
@@ -157,6 +162,7 @@ class IssuerKeys:
         added = keys.keys() - self._keys.keys()
         self._keys = keys
         self._loaded = True
+        self.fetched_at = started
         log.info(
             "jwks fetched", extra={"issuer": self.issuer, "keys": len(keys), "new_kids": sorted(added)}
         )
@@ -228,6 +234,11 @@ class Keyring:
         """Whether any key of ``issuer`` was ever fetched."""
         keys = self._issuers.get(issuer)
         return keys is not None and keys.loaded
+
+    def fetched_at(self, issuer: str) -> float | None:
+        """When the last successful fetch of ``issuer``'s keys started (wall clock)."""
+        keys = self._issuers.get(issuer)
+        return None if keys is None else keys.fetched_at
 
     def all_loaded(self) -> bool:
         """Whether every issuer has keys."""

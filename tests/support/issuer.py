@@ -5,6 +5,7 @@ Nothing under ``worker/`` can sign a token; everything that does lives here.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -145,13 +146,14 @@ class JwksServer:
         self.issuers: dict[str, Issuer] = {}
         self.requests: list[str] = []
         self.down = False
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 with server._lock:
                     server.requests.append(self.path)
+                    server._lock.notify_all()
                 if server.down:
                     self.send_error(503)
                     return
@@ -197,6 +199,16 @@ class JwksServer:
             ):
                 return {"issuer": issuer.url, "jwks_uri": self.jwks_url(issuer)}
         return None
+
+    async def wait_for_requests(self, count: int, timeout: float) -> None:
+        """Return once the server has been asked ``count`` times in all; TimeoutError after."""
+
+        def wait() -> bool:
+            with self._lock:
+                return self._lock.wait_for(lambda: len(self.requests) >= count, timeout)
+
+        if not await asyncio.to_thread(wait):
+            raise TimeoutError(f"the JWKS server got {len(self.requests)} of {count} requests")
 
     def start(self) -> None:
         self._thread.start()

@@ -1,0 +1,42 @@
+"""Nothing is lost when the dead-letter exchange is gone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.support.issuer import Issuer
+from tests.support.logwatch import LogWatch
+from tests.support.rabbit import Rabbit
+from worker import names
+
+pytestmark = pytest.mark.broker
+
+
+async def test_failed_dead_letter_leaves_the_message_in_its_work_queue(
+    start_worker: Any, rabbit: Rabbit, issuer: Issuer, queue_name: str, logwatch: LogWatch
+) -> None:
+    worker = await start_worker()
+    channel = await rabbit.connection.channel()
+    await channel.exchange_delete(names.DEAD_LETTER_EXCHANGE)
+
+    mid = await rabbit.job(queue_name, "admin.purge", issuer.token())
+    await logwatch.wait_for(lambda r: r.getMessage().startswith("dead letter not confirmed"))
+    # And again: the message keeps coming back while the exchange is missing.
+    await logwatch.wait_for(
+        lambda r: sum(m.startswith("dead letter not confirmed") for m in logwatch.messages()) >= 2
+    )
+    await worker.stop()
+
+    [kept] = await rabbit.get_all(queue_name)
+    assert kept.message_id == mid
+    assert kept.headers["authorization"].startswith("Bearer ")
+    assert await rabbit.depth(names.dead_letter_queue(queue_name)) == 0
+
+    # Put it back and restart: the worker declares its topology again and the denial lands.
+    await rabbit.publish(queue_name, kept.body, headers=dict(kept.headers), message_id=mid)
+    await start_worker()
+    [letter] = await rabbit.dead_letters(queue_name, 1)
+    assert letter.message_id == mid
+    assert letter.headers["x-warden-reason"] == "scope_insufficient"
