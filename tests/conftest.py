@@ -44,7 +44,7 @@ def broker_url() -> Iterator[str]:
             host = container.get_container_host_ip()
             port = container.get_exposed_port(5672)
             url = f"amqp://guest:guest@{host}:{port}/"
-        except Exception as exc:  # noqa: BLE001 - no Docker engine: fall through to the skip
+        except Exception as exc:
             container = None
             reason = f"no RABBITMQ_URL and testcontainers failed: {type(exc).__name__}"
     else:
@@ -110,7 +110,9 @@ def logwatch() -> Iterator[LogWatch]:
 REGISTRY = Registry.from_modules(["tests.support.actions"])
 
 
-def worker_settings(broker_url: str, jwks: JwksServer, issuer: Issuer, queue: str, **overrides: Any) -> Settings:
+def worker_settings(
+    broker_url: str, jwks: JwksServer, issuer: Issuer, queue: str, **overrides: Any
+) -> Settings:
     values: dict[str, Any] = {
         "broker_url": broker_url,
         "queues": (queue,),

@@ -32,13 +32,19 @@ Case = Callable[[Issuer], tuple[bytes, str | None]]
 """Given the trusted issuer: the body and the token (or None) of a message to deny."""
 
 CASES: dict[str, Case] = {
-    "malformed_message": lambda iss: (b'{"action": "reports.generate", "payload": [1, 2', iss.token()),
+    "malformed_message": lambda iss: (
+        b'{"action": "reports.generate", "payload": [1, 2',
+        iss.token(),
+    ),
     "token_missing": lambda iss: (_body(), None),
     "token_malformed": lambda iss: (_body(), "a.b.c.d.e"),
     "algorithm_not_allowed": lambda iss: (_body(), iss.token(alg="RS512")),
     "token_type_invalid": lambda iss: (_body(), iss.token(header={"typ": "JWT"}, nonce="n-0S6")),
     "issuer_untrusted": lambda iss: (_body(), iss.token(iss=iss.url + "/")),
-    "key_unknown": lambda iss: (_body(), iss.token(key=SigningKey.generate("RS256", kid="attacker"))),
+    "key_unknown": lambda iss: (
+        _body(),
+        iss.token(key=SigningKey.generate("RS256", kid="attacker")),
+    ),
     "signature_invalid": lambda iss: (
         _body(),
         iss.token(key=SigningKey.generate("RS256", kid=iss.key.kid)),
@@ -104,12 +110,21 @@ async def test_every_denial_reason_lands_in_the_dead_letter_queue(
         assert letter.content_type == "application/json"
         assert headers["traceparent"].startswith("00-0af7651916cd43dd")
         assert "authorization" not in {name.lower() for name in headers}
-        _assert_no_token(token, repr(headers), letter.body.decode("utf-8", "replace"), denial["detail"])
+        _assert_no_token(
+            token, repr(headers), letter.body.decode("utf-8", "replace"), denial["detail"]
+        )
         if token and reason not in ("token_malformed", "malformed_message"):
             assert denial["token"]["fingerprint"].startswith("sha256:")
         assert denial["token"] is None or denial["token"]["verified"] == (
-            reason in ("token_expired", "token_not_yet_valid", "audience_mismatch",
-                       "claims_missing", "action_unknown", "scope_insufficient")
+            reason
+            in (
+                "token_expired",
+                "token_not_yet_valid",
+                "audience_mismatch",
+                "claims_missing",
+                "action_unknown",
+                "scope_insufficient",
+            )
         )
     assert ran.jobs == []
     assert await rabbit.depth(queue_name) == 0

@@ -1,4 +1,4 @@
-"""Issuer keys: discovery, rotation, rate-limited refetch, stale-if-error, an issuer that is down."""
+"""Issuer keys: discovery, rotation, rate-limited refetch, stale-if-error, an issuer down."""
 
 from __future__ import annotations
 

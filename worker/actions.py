@@ -13,7 +13,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from .errors import ConfigurationError
 
@@ -66,7 +66,7 @@ _declared: dict[str, list[ActionSpec]] = {}
 
 def action(name: str, *, scopes: Iterable[str]) -> Callable[[H], H]:
     """Register ``handler`` as the action ``name``, runnable by tokens holding every scope."""
-    if not isinstance(name, str) or not ACTION_NAME.match(name):
+    if not isinstance(name, str) or not ACTION_NAME.fullmatch(name):
         raise ConfigurationError(f"action name {name!r} does not match {ACTION_NAME.pattern}")
     if isinstance(scopes, str):
         raise ConfigurationError(
@@ -81,9 +81,9 @@ def action(name: str, *, scopes: Iterable[str]) -> Callable[[H], H]:
             raise ConfigurationError(
                 f"action {name!r}: {handler.__qualname__} must be an async function"
             )
-        spec = ActionSpec(name, required, handler, handler.__module__)
+        spec = ActionSpec(name, required, cast(Handler, handler), handler.__module__)
         _declared.setdefault(spec.module, []).append(spec)
-        return handler
+        return cast(H, handler)
 
     return register
 
@@ -109,7 +109,9 @@ class Registry:
             try:
                 importlib.import_module(module)
             except ImportError as exc:
-                raise ConfigurationError(f"WARDEN_ACTIONS: cannot import {module!r}: {exc}") from exc
+                raise ConfigurationError(
+                    f"WARDEN_ACTIONS: cannot import {module!r}: {exc}"
+                ) from exc
             found = _declared.get(module, [])
             if not found:
                 raise ConfigurationError(f"WARDEN_ACTIONS: module {module!r} registers no action")

@@ -100,9 +100,7 @@ def to_delivery(message: AbstractIncomingMessage, queue: str) -> Delivery:
     )
 
 
-def copy_message(
-    message: AbstractIncomingMessage, headers: dict[str, Any]
-) -> aio_pika.Message:
+def copy_message(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
     """A persistent copy of ``message``: same body, same properties, the given headers."""
     properties = {name: getattr(message, name) for name in COPIED_PROPERTIES}
     if properties["timestamp"] is None:

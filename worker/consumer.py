@@ -26,7 +26,8 @@ log = logging.getLogger("warden.consumer")
 
 def backoff(base: float, ceiling: float, step: int) -> float:
     """Exponential delay for the ``step``-th wait (0-based), capped, with +-20 % jitter."""
-    return min(base * 2 ** min(step, 32), ceiling) * random.uniform(0.8, 1.2)  # noqa: S311
+    delay: float = min(base * 2.0 ** min(step, 32), ceiling)
+    return delay * random.uniform(0.8, 1.2)
 
 
 class Consumer:
@@ -84,8 +85,12 @@ class Consumer:
                 except PublishFailed as exc:
                     log.error(
                         "dead letter not confirmed; returning the message to its queue",
-                        extra={"message_id": delivery.message_id, "queue": delivery.queue,
-                               "reason": denied.denial.reason, "error": str(exc)},
+                        extra={
+                            "message_id": delivery.message_id,
+                            "queue": delivery.queue,
+                            "reason": denied.denial.reason,
+                            "error": str(exc),
+                        },
                     )
                     await self._defer(message, delivery, f"dead letter failed: {exc}")
                 else:
@@ -93,13 +98,24 @@ class Consumer:
             case Defer(why):
                 await self._defer(message, delivery, why)
             case Again(why, delay):
-                wait = delay if delay is not None else backoff(
-                    self.settings.defer_seconds, self.settings.defer_max_seconds, delivery.attempt - 1
+                wait = (
+                    delay
+                    if delay is not None
+                    else backoff(
+                        self.settings.defer_seconds,
+                        self.settings.defer_max_seconds,
+                        delivery.attempt - 1,
+                    )
                 )
                 log.info(
                     "action will be tried again",
-                    extra={"message_id": delivery.message_id, "queue": delivery.queue,
-                           "attempt": delivery.attempt, "delay": round(wait, 3), "error": why},
+                    extra={
+                        "message_id": delivery.message_id,
+                        "queue": delivery.queue,
+                        "attempt": delivery.attempt,
+                        "delay": round(wait, 3),
+                        "error": why,
+                    },
                 )
                 await self._put_back(
                     message, delivery, {names.HEADER_ATTEMPT: delivery.attempt + 1}, wait
@@ -112,8 +128,12 @@ class Consumer:
         wait = backoff(self.settings.defer_seconds, self.settings.defer_max_seconds, count)
         log.warning(
             "no verdict yet; the message waits",
-            extra={"message_id": delivery.message_id, "queue": delivery.queue,
-                   "why": why, "delay": round(wait, 3)},
+            extra={
+                "message_id": delivery.message_id,
+                "queue": delivery.queue,
+                "why": why,
+                "delay": round(wait, 3),
+            },
         )
         await self._put_back(message, delivery, {names.HEADER_DEFERRALS: count + 1}, wait)
 
@@ -138,7 +158,11 @@ class Consumer:
         except PublishFailed as exc:
             log.error(
                 "could not requeue a copy; returning the original",
-                extra={"message_id": delivery.message_id, "queue": delivery.queue, "error": str(exc)},
+                extra={
+                    "message_id": delivery.message_id,
+                    "queue": delivery.queue,
+                    "error": str(exc),
+                },
             )
             await self._nack(message)
             return

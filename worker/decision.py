@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from . import errors
 from .actions import ACTION_NAME, ActionSpec, Job, Principal, Registry
 from .names import HEADER_AUTHORIZATION
-from .tokens import IssuerPolicy, KeyLookup, TokenCheck, Trust, granted_scopes, shown, verify
+from .tokens import KeyLookup, TokenCheck, Trust, Verified, granted_scopes, shown, verify
 
 _BEARER = re.compile(r"^[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9._~+/-]+=*) *$")
 _JSON_TYPES = ("application/json",)
@@ -67,6 +67,14 @@ class Denied:
 Verdict = Allowed | Denied
 
 
+class RevocationCheck(Protocol):
+    """Check 13 over verified claims."""
+
+    def check(self, claims: dict[str, Any], issuer: str) -> None:
+        """Raise TokenRevoked when revoked, or Unavailable when the list cannot be trusted now."""
+        ...
+
+
 class KeyStore(KeyLookup, Protocol):
     """Keys already fetched, and a way to ask for a rate-limited refetch."""
 
@@ -90,7 +98,13 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-_body_decoder = json.JSONDecoder(object_pairs_hook=_reject_duplicates)
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+_body_decoder = json.JSONDecoder(
+    object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
+)
 
 
 def read_job(delivery: Delivery) -> JobRequest:
@@ -115,8 +129,10 @@ def read_job(delivery: Delivery) -> JobRequest:
         what = f"unexpected members {extra}" if extra else f"missing members {missing}"
         raise errors.MalformedMessage(f"the job has {shown(what, 120)}")
     action, payload = body["action"], body["payload"]
-    if not isinstance(action, str) or not ACTION_NAME.match(action):
-        raise errors.MalformedMessage(f"action {shown(action)} does not match {ACTION_NAME.pattern}")
+    if not isinstance(action, str) or not ACTION_NAME.fullmatch(action):
+        raise errors.MalformedMessage(
+            f"action {shown(action)} does not match {ACTION_NAME.pattern}"
+        )
     if not isinstance(payload, dict):
         raise errors.MalformedMessage("payload is not an object")
     return JobRequest(action, payload)
@@ -132,9 +148,11 @@ def bearer_token(headers: Mapping[str, Any]) -> str:
             raise errors.TokenMissing("the authorization header is not ASCII") from None
     if not isinstance(value, str) or not value:
         raise errors.TokenMissing("no authorization header")
-    match = _BEARER.match(value)
+    match = _BEARER.fullmatch(value)
     if match is None:
         if value[:7].lower() == "bearer ":
+            if not value[7:].strip(" "):
+                raise errors.TokenMissing("the Bearer credential holds no token")
             raise errors.TokenMalformed("the Bearer token is not RFC 6750 token syntax")
         raise errors.TokenMissing("the authorization header is not a Bearer credential")
     return match.group(1)
@@ -156,7 +174,7 @@ def principal(claims: Mapping[str, Any], issuer: str) -> Principal:
 
 
 class Gate:
-    """Decides messages: checks 1 to 12, 14 and 15 of SPEC section 2."""
+    """Decides messages: checks 1 to 15 of SPEC section 2."""
 
     def __init__(
         self,
@@ -164,11 +182,14 @@ class Gate:
         keys: KeyStore,
         registry: Registry,
         clock: Callable[[], float] = time.time,
+        *,
+        revocations: RevocationCheck | None = None,
     ) -> None:
         self.trust = trust
         self.keys = keys
         self.registry = registry
         self.clock = clock
+        self.revocations = revocations
 
     async def decide(self, delivery: Delivery) -> Verdict:
         """The verdict on one message; raises :class:`~worker.errors.Unavailable` to wait."""
@@ -178,12 +199,13 @@ class Gate:
             request = read_job(delivery)
             action = request.action
             check = TokenCheck(bearer_token(delivery.headers))
-            policy = await self._verify(check)
-            assert check.claims is not None  # noqa: S101 - verify() parsed them
+            verified = await self._verify(check)
+            if self.revocations is not None:
+                self.revocations.check(verified.claims, verified.policy.issuer)
             spec = self.registry.get(request.action)
             if spec is None:
                 raise errors.ActionUnknown(f"no action {request.action!r} is registered")
-            who = principal(check.claims, policy.issuer)
+            who = principal(verified.claims, verified.policy.issuer)
             lacking = spec.scopes - who.scopes
             if lacking:
                 raise errors.ScopeInsufficient(
@@ -202,7 +224,7 @@ class Gate:
         )
         return Allowed(job, spec, check)
 
-    async def _verify(self, check: TokenCheck) -> IssuerPolicy:
+    async def _verify(self, check: TokenCheck) -> Verified:
         try:
             return verify(check, self.trust, self.keys, self.clock())
         except errors.KeyUnknown:
@@ -213,7 +235,9 @@ class Gate:
             if self.keys.key(policy.issuer, kid) is not None:
                 return verify(check, self.trust, self.keys, self.clock())
             if not self.keys.loaded(policy.issuer):
-                raise errors.KeysUnavailable(f"no key of {policy.issuer} could be fetched") from None
+                raise errors.KeysUnavailable(
+                    f"no key of {policy.issuer} could be fetched"
+                ) from None
             if self._key_may_be_newer(check, policy.issuer):
                 raise errors.KeysUnavailable(
                     f"kid {shown(kid)} may be newer than the keys of {policy.issuer} fetched so "

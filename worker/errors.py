@@ -202,15 +202,19 @@ class KeysUnavailable(Unavailable):
     """No usable key of the issuer could be had."""
 
 
+class RevocationsStale(Unavailable):
+    """The revocation feed has been unreachable too long to trust the revocation list."""
+
+
 class PublishFailed(WardenError):
     """The broker did not confirm a publish (a dead letter, a requeued copy, a job)."""
 
 
-class Reject(WardenError):  # noqa: N818 - the public name SPEC section 5 fixes
+class Reject(WardenError):
     """Raised by an action to refuse a job for good: it is dead-lettered ``action_rejected``."""
 
 
-class Retry(WardenError):  # noqa: N818 - the public name SPEC section 5 fixes
+class Retry(WardenError):
     """Raised by an action to ask for another attempt later, optionally after ``delay`` seconds."""
 
     def __init__(self, message: str = "", *, delay: float | None = None) -> None:

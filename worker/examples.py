@@ -19,8 +19,12 @@ async def generate_report(job: Job) -> None:
         raise Reject("payload.report must be a string")
     log.info(
         "report generated",
-        extra={"message_id": job.id, "report": job.payload.get("report"),
-               "sub": job.principal.sub, "client_id": job.principal.client_id},
+        extra={
+            "message_id": job.id,
+            "report": job.payload.get("report"),
+            "sub": job.principal.sub,
+            "client_id": job.principal.client_id,
+        },
     )
 
 

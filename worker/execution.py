@@ -1,4 +1,4 @@
-"""Running an allowed job's action and turning how it ended into an :mod:`outcome <worker.outcomes>`."""
+"""Running an allowed job's action, and turning how it ended into an outcome."""
 
 from __future__ import annotations
 

@@ -55,13 +55,19 @@ def parse_jwks(document: Any, issuer: str) -> dict[str, VerificationKey]:
         if not isinstance(jwk, Mapping):
             continue
         kid, kty = jwk.get("kid"), jwk.get("kty")
-        if not isinstance(kid, str) or jwk.get("use", "sig") != "sig" or kty not in ("RSA", "EC", "OKP"):
+        if (
+            not isinstance(kid, str)
+            or jwk.get("use", "sig") != "sig"
+            or kty not in ("RSA", "EC", "OKP")
+        ):
             continue
         if "d" in jwk or "p" in jwk:
             log.warning("jwks key has private parts; ignored", extra={"issuer": issuer, "kid": kid})
             continue
         if kid in keys:
-            log.warning("jwks kid appears twice; the first is kept", extra={"issuer": issuer, "kid": kid})
+            log.warning(
+                "jwks kid appears twice; the first is kept", extra={"issuer": issuer, "kid": kid}
+            )
             continue
         alg = jwk.get("alg")
         try:
@@ -130,7 +136,7 @@ class IssuerKeys:
         self._inflight = None
 
     async def refetch(self) -> None:
-        """Fetch again for an unknown ``kid``: joins one in flight, else at most once a cool-down."""
+        """Fetch for an unknown ``kid``: join one in flight, else at most once a cool-down."""
         if self._inflight is not None:
             await asyncio.shield(self._inflight)
             return
@@ -155,7 +161,8 @@ class IssuerKeys:
         except FetchError as exc:
             self.failures += 1
             log.warning(
-                "jwks fetch failed; keeping %d cached keys", len(self._keys),
+                "jwks fetch failed; keeping %d cached keys",
+                len(self._keys),
                 extra={"issuer": self.issuer, "error": str(exc)},
             )
             return
@@ -164,7 +171,8 @@ class IssuerKeys:
         self._loaded = True
         self.fetched_at = started
         log.info(
-            "jwks fetched", extra={"issuer": self.issuer, "keys": len(keys), "new_kids": sorted(added)}
+            "jwks fetched",
+            extra={"issuer": self.issuer, "keys": len(keys), "new_kids": sorted(added)},
         )
 
     async def _discover(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 DEAD_LETTER_EXCHANGE = "warden.dlx"
+REVOCATION_STREAM = "warden.revocations"
 
 HEADER_AUTHORIZATION = "authorization"
 HEADER_TRACEPARENT = "traceparent"
@@ -11,6 +12,7 @@ HEADER_DENIAL = "x-warden-denial"
 HEADER_DEFERRALS = "x-warden-deferrals"
 HEADER_ATTEMPT = "x-warden-attempt"
 HEADER_X_DEATH = "x-death"
+HEADER_MARKER = "x-warden-marker"
 
 DELIVERY_LIMIT_REASON = "delivery_limit"
 

@@ -1,4 +1,4 @@
-"""The denial record a dead letter carries in ``x-warden-denial`` (``schemas/denial.schema.json``)."""
+"""The denial record a dead letter carries in ``x-warden-denial`` (its JSON Schema: denial)."""
 
 from __future__ import annotations
 

@@ -82,6 +82,7 @@ class BrokerSettings(BaseSettings):
 
     broker_url: SecretStr = SecretStr("amqp://guest:guest@localhost:5672/")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    revocation_retention: Annotated[str, Field(pattern=r"^[1-9][0-9]*(Y|M|D|h|m|s)$")] = "24h"
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -108,6 +109,7 @@ class Settings(BrokerSettings):
     jwks_timeout_seconds: Annotated[float, Field(gt=0)] = 5.0
     jwks_cooldown_seconds: Annotated[float, Field(ge=0)] = 30.0
     jwks_refresh_seconds: Annotated[float, Field(gt=0)] = 300.0
+    revocation_max_staleness: Annotated[float, Field(gt=0)] = 30.0
     shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 30.0
     defer_seconds: Annotated[float, Field(gt=0)] = 1.0
     defer_max_seconds: Annotated[float, Field(gt=0)] = 30.0
@@ -124,7 +126,7 @@ class Settings(BrokerSettings):
         if not value:
             raise ValueError("at least one queue is needed")
         for name in value:
-            if not _QUEUE_NAME.match(name) or name.endswith(".dlq"):
+            if not _QUEUE_NAME.fullmatch(name) or name.endswith(".dlq"):
                 raise ValueError(
                     f"{name!r} is not a usable queue name (letters, digits, _ . : -, "
                     "not starting with a dot, not ending in .dlq)"

@@ -104,6 +104,14 @@ class Trust:
         self.default_types = frozenset(ACCESS_TOKEN_TYPES)
 
 
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """A token that passed checks 3 to 12: its issuer's policy and its claims."""
+
+    policy: IssuerPolicy
+    claims: dict[str, Any]
+
+
 @dataclass(slots=True)
 class TokenCheck:
     """One token going through the checks; what a denial may report of it."""
@@ -150,7 +158,7 @@ _decoder = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant
 
 
 def _segment(data: bytes, what: str) -> bytes:
-    if not _SEGMENT.match(data) or len(data) % 4 == 1:
+    if not _SEGMENT.fullmatch(data) or len(data) % 4 == 1:
         raise errors.TokenMalformed(f"the {what} is not base64url")
     try:
         return urlsafe_b64decode(data + b"=" * (-len(data) % 4))
@@ -162,14 +170,20 @@ def _json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
         value = _decoder.decode(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise errors.TokenMalformed(f"the {what} is not a JSON object without duplicate members") from None
+        raise errors.TokenMalformed(
+            f"the {what} is not a JSON object without duplicate members"
+        ) from None
     if not isinstance(value, dict):
         raise errors.TokenMalformed(f"the {what} is not a JSON object")
     return value
 
 
+_LAST_NUMERIC_DATE = 253402300799
+"""9999-12-31T23:59:59Z: a NumericDate past it is no date (``datetime`` cannot hold it)."""
+
+
 def _is_int(value: object) -> bool:
-    return type(value) is int
+    return type(value) is int and 0 <= value <= _LAST_NUMERIC_DATE
 
 
 def _is_str_list(value: object) -> bool:
@@ -187,7 +201,10 @@ _CLAIM_TYPES: dict[str, tuple[str, Any]] = {
     "aud": ("a string or an array of strings", lambda v: isinstance(v, str) or _is_str_list(v)),
     "scope": ("a space-delimited string", lambda v: isinstance(v, str)),
     "scp": ("a string or an array of strings", lambda v: isinstance(v, str) or _is_str_list(v)),
-    "act": ("an object with a string sub", lambda v: isinstance(v, dict) and isinstance(v.get("sub"), str)),
+    "act": (
+        "an object with a string sub",
+        lambda v: isinstance(v, dict) and isinstance(v.get("sub"), str),
+    ),
     "cnf": ("an object", lambda v: isinstance(v, dict)),
 }
 _HEADER_TYPES: dict[str, tuple[str, Any]] = {
@@ -204,10 +221,10 @@ def _check_types(obj: Mapping[str, Any], types: Mapping[str, tuple[str, Any]], w
             raise errors.TokenMalformed(f"{what} {name!r} is not {expected}")
 
 
-def parse(check: TokenCheck, max_bytes: int) -> tuple[bytes, bytes]:
+def parse(check: TokenCheck, max_bytes: int) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
     """Check 3: a compact JWS whose header and claims are JSON objects of the right types.
 
-    Fills ``check.header`` and ``check.claims``; returns the signing input and the signature.
+    Returns (and keeps on ``check``) the header and claims, then the signing input and signature.
     """
     raw = check.raw.encode("ascii", "replace")
     if len(raw) > max_bytes:
@@ -223,15 +240,12 @@ def parse(check: TokenCheck, max_bytes: int) -> tuple[bytes, bytes]:
     _check_types(claims, _CLAIM_TYPES, "claim")
     check.claims = claims
     signature = _segment(parts[2], "signature")
-    return parts[0] + b"." + parts[1], signature
+    return header, claims, parts[0] + b"." + parts[1], signature
 
 
-def verify(check: TokenCheck, trust: Trust, keys: KeyLookup, now: float) -> IssuerPolicy:
-    """Run checks 3 to 12 on ``check.raw``; return the issuer's policy when all pass."""
-    signing_input, signature = parse(check, trust.max_token_bytes)
-    header, claims = check.header, check.claims
-    assert header is not None and claims is not None  # noqa: S101 - parse() sets both
-
+def verify(check: TokenCheck, trust: Trust, keys: KeyLookup, now: float) -> Verified:
+    """Run checks 3 to 12 on ``check.raw``; return the issuer's policy and the claims."""
+    header, claims, signing_input, signature = parse(check, trust.max_token_bytes)
     iss = claims.get("iss")
     policy = trust.policies.get(iss) if isinstance(iss, str) else None
 
@@ -247,7 +261,9 @@ def verify(check: TokenCheck, trust: Trust, keys: KeyLookup, now: float) -> Issu
     if typ is None or typ.lower() not in types:
         raise errors.TokenTypeInvalid(f"typ {shown(typ)} is not an access-token type")
     if "crit" in header:
-        raise errors.TokenTypeInvalid(f"crit {shown(header['crit'])} names an extension warden does not understand")
+        raise errors.TokenTypeInvalid(
+            f"crit {shown(header['crit'])} names an extension warden does not understand"
+        )
 
     # 6
     if policy is None:
@@ -272,7 +288,7 @@ def verify(check: TokenCheck, trust: Trust, keys: KeyLookup, now: float) -> Issu
     check.verified = True
 
     check_claims(claims, policy, now, trust.leeway)
-    return policy
+    return Verified(policy, claims)
 
 
 def check_claims(claims: Mapping[str, Any], policy: IssuerPolicy, now: float, leeway: int) -> None:

@@ -121,7 +121,9 @@ class Issuer:
         """A signed access token (``typ: at+jwt``) with default claims and ``claims`` over them."""
         key = key or self.key
         headers = {"typ": "at+jwt", "kid": key.kid, **(header or {})}
-        return jwt.encode(self.claims(**claims), key.private, algorithm=alg or key.alg, headers=headers)
+        return jwt.encode(
+            self.claims(**claims), key.private, algorithm=alg or key.alg, headers=headers
+        )
 
 
 DROP = object()
@@ -150,7 +152,7 @@ class JwksServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 with server._lock:
                     server.requests.append(self.path)
                     server._lock.notify_all()

@@ -69,13 +69,20 @@ class Rabbit:
         return mid
 
     async def job(
-        self, queue: str, action: str, token: str | None, payload: dict[str, Any] | None = None, **kw: Any
+        self,
+        queue: str,
+        action: str,
+        token: str | None,
+        payload: dict[str, Any] | None = None,
+        **kw: Any,
     ) -> str | None:
         return await self.publish(
             queue, {"action": action, "payload": payload or {}}, token=token, **kw
         )
 
-    async def take(self, queue: str, count: int, timeout: float = 15.0) -> list[AbstractIncomingMessage]:
+    async def take(
+        self, queue: str, count: int, timeout: float = 15.0
+    ) -> list[AbstractIncomingMessage]:
         """Consume and ack ``count`` messages from ``queue``, waiting at most ``timeout``."""
         channel = await self.connection.channel()
         received: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
@@ -93,9 +100,22 @@ class Rabbit:
             await channel.close()
         return out
 
-    async def dead_letters(self, queue: str, count: int, timeout: float = 15.0) -> list[AbstractIncomingMessage]:
+    async def dead_letters(
+        self, queue: str, count: int, timeout: float = 15.0
+    ) -> list[AbstractIncomingMessage]:
         """The next ``count`` dead letters of ``queue``."""
         return await self.take(names.dead_letter_queue(queue), count, timeout)
+
+    async def declare_work_queue(self, queue: str, delivery_limit: int = 5) -> None:
+        """Declare ``queue`` as a worker would, so jobs can wait in it before any worker runs."""
+        from worker.broker import work_queue_arguments
+
+        self.forget_later(queue)
+        channel = await self.connection.channel()
+        await channel.declare_queue(
+            queue, durable=True, arguments=work_queue_arguments(queue, delivery_limit)
+        )
+        await channel.close()
 
     async def depth(self, queue: str) -> int:
         """Messages ready in ``queue`` (not counting those delivered and unacked)."""
