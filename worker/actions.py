@@ -58,14 +58,20 @@ class ActionSpec:
     scopes: frozenset[str]
     handler: Handler
     module: str
+    introspect: bool = False
+    """Ask the issuer (RFC 7662) whether the token is still active before every run."""
 
 
 _declared: dict[str, list[ActionSpec]] = {}
 """Specs by the module that declared them; read by :meth:`Registry.from_modules`."""
 
 
-def action(name: str, *, scopes: Iterable[str]) -> Callable[[H], H]:
-    """Register ``handler`` as the action ``name``, runnable by tokens holding every scope."""
+def action(name: str, *, scopes: Iterable[str], introspect: bool = False) -> Callable[[H], H]:
+    """Register ``handler`` as the action ``name``, runnable by tokens holding every scope.
+
+    With ``introspect=True`` the issuer is asked, for every job, whether the token is still
+    active (RFC 7662), on top of the revocation feed.
+    """
     if not isinstance(name, str) or not ACTION_NAME.fullmatch(name):
         raise ConfigurationError(f"action name {name!r} does not match {ACTION_NAME.pattern}")
     if isinstance(scopes, str):
@@ -81,7 +87,9 @@ def action(name: str, *, scopes: Iterable[str]) -> Callable[[H], H]:
             raise ConfigurationError(
                 f"action {name!r}: {handler.__qualname__} must be an async function"
             )
-        spec = ActionSpec(name, required, cast(Handler, handler), handler.__module__)
+        spec = ActionSpec(
+            name, required, cast(Handler, handler), handler.__module__, introspect=introspect
+        )
         _declared.setdefault(spec.module, []).append(spec)
         return cast(H, handler)
 
@@ -135,6 +143,10 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._by_name)
+
+    def introspected(self) -> list[str]:
+        """Names of the actions registered with ``introspect=True``."""
+        return sorted(name for name, spec in self._by_name.items() if spec.introspect)
 
     def names(self) -> list[str]:
         """Registered action names, sorted."""

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from . import errors
 from .actions import ACTION_NAME, ActionSpec, Job, Principal, Registry
+from .introspection import Introspector, is_opaque
 from .names import HEADER_AUTHORIZATION
 from .tokens import KeyLookup, TokenCheck, Trust, Verified, granted_scopes, shown, verify
 
@@ -184,12 +185,19 @@ class Gate:
         clock: Callable[[], float] = time.time,
         *,
         revocations: RevocationCheck | None = None,
+        introspector: Introspector | None = None,
     ) -> None:
         self.trust = trust
         self.keys = keys
         self.registry = registry
         self.clock = clock
         self.revocations = revocations
+        self.introspector = introspector
+        if introspector is None and registry.introspected():
+            raise errors.ConfigurationError(
+                "actions " + ", ".join(registry.introspected()) + " need introspection: set "
+                "WARDEN_INTROSPECTION_CLIENT_ID and WARDEN_INTROSPECTION_CLIENT_SECRET"
+            )
 
     async def decide(self, delivery: Delivery) -> Verdict:
         """The verdict on one message; raises :class:`~worker.errors.Unavailable` to wait."""
@@ -199,12 +207,21 @@ class Gate:
             request = read_job(delivery)
             action = request.action
             check = TokenCheck(bearer_token(delivery.headers))
-            verified = await self._verify(check)
+            introspector = self.introspector
+            opaque = introspector is not None and is_opaque(check.raw)
+            if introspector is not None and opaque:
+                verified = await introspector.verify_opaque(check.raw)
+                check.claims, check.verified = verified.claims, True
+                check.policy = verified.policy
+            else:
+                verified = await self._verify(check)
             if self.revocations is not None:
                 self.revocations.check(verified.claims, verified.policy.issuer)
             spec = self.registry.get(request.action)
             if spec is None:
                 raise errors.ActionUnknown(f"no action {request.action!r} is registered")
+            if spec.introspect and introspector is not None and not opaque:
+                await introspector.confirm_active(check.raw, verified.policy.issuer)
             who = principal(verified.claims, verified.policy.issuer)
             lacking = spec.scopes - who.scopes
             if lacking:

@@ -202,6 +202,10 @@ class KeysUnavailable(Unavailable):
     """No usable key of the issuer could be had."""
 
 
+class IntrospectionUnavailable(Unavailable):
+    """The issuer's introspection endpoint gave no usable answer."""
+
+
 class RevocationsStale(Unavailable):
     """The revocation feed has been unreachable too long to trust the revocation list."""
 

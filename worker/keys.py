@@ -157,7 +157,9 @@ class IssuerKeys:
         try:
             if self.jwks_url is None:
                 self.jwks_url = await self._discover()
-            keys = parse_jwks(await self._get_json(self.jwks_url), self.issuer)
+            keys = parse_jwks(
+                await fetch_json(self._http, self.jwks_url, self._attempts), self.issuer
+            )
         except FetchError as exc:
             self.failures += 1
             log.warning(
@@ -176,37 +178,47 @@ class IssuerKeys:
         )
 
     async def _discover(self) -> str:
-        for url in metadata_urls(self.issuer):
-            try:
-                metadata = await self._get_json(url)
-            except FetchError:
-                continue
-            if not isinstance(metadata, Mapping) or metadata.get("issuer") != self.issuer:
-                raise FetchError(f"metadata at {url} does not name issuer {self.issuer}")
-            jwks_uri = metadata.get("jwks_uri")
-            if not isinstance(jwks_uri, str) or urlsplit(jwks_uri).scheme not in ("http", "https"):
-                raise FetchError(f"metadata at {url} has no usable jwks_uri")
-            return jwks_uri
-        raise FetchError(f"no authorization server metadata found for {self.issuer}")
+        metadata = await fetch_metadata(self._http, self.issuer, self._attempts)
+        jwks_uri = metadata.get("jwks_uri")
+        if not isinstance(jwks_uri, str) or urlsplit(jwks_uri).scheme not in ("http", "https"):
+            raise FetchError(f"the metadata of {self.issuer} has no usable jwks_uri")
+        return jwks_uri
 
-    async def _get_json(self, url: str) -> Any:
+
+async def fetch_metadata(
+    http: httpx.AsyncClient, issuer: str, attempts: int = 3
+) -> Mapping[str, Any]:
+    """The issuer's RFC 8414 (or OpenID) metadata, which must name the issuer itself."""
+    for url in metadata_urls(issuer):
         try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(self._attempts),
-                wait=wait_exponential(multiplier=0.1, max=2.0) + wait_random(0, 0.1),
-                retry=retry_if_exception_type(httpx.TransportError),
-                reraise=True,
-            ):
-                with attempt:
-                    response = await self._http.get(url, headers={"accept": "application/json"})
-        except httpx.HTTPError as exc:
-            raise FetchError(f"GET {url}: {type(exc).__name__}") from exc
-        if response.status_code != 200:
-            raise FetchError(f"GET {url}: HTTP {response.status_code}")
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise FetchError(f"GET {url}: not JSON") from exc
+            metadata = await fetch_json(http, url, attempts)
+        except FetchError:
+            continue
+        if not isinstance(metadata, Mapping) or metadata.get("issuer") != issuer:
+            raise FetchError(f"metadata at {url} does not name issuer {issuer}")
+        return metadata
+    raise FetchError(f"no authorization server metadata found for {issuer}")
+
+
+async def fetch_json(http: httpx.AsyncClient, url: str, attempts: int = 3) -> Any:
+    """GET a JSON document, retrying transport errors with backoff; FetchError otherwise."""
+    try:
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(attempts),
+            wait=wait_exponential(multiplier=0.1, max=2.0) + wait_random(0, 0.1),
+            retry=retry_if_exception_type(httpx.TransportError),
+            reraise=True,
+        ):
+            with attempt:
+                response = await http.get(url, headers={"accept": "application/json"})
+    except httpx.HTTPError as exc:
+        raise FetchError(f"GET {url}: {type(exc).__name__}") from exc
+    if response.status_code != 200:
+        raise FetchError(f"GET {url}: HTTP {response.status_code}")
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise FetchError(f"GET {url}: not JSON") from exc
 
 
 class Keyring:

@@ -20,6 +20,7 @@ from .broker import declare_topology
 from .consumer import Consumer
 from .decision import Gate
 from .feed import RevocationFeed, declare_stream
+from .introspection import Introspector
 from .keys import Keyring
 from .revocation import RevocationList
 from .settings import Settings
@@ -44,6 +45,26 @@ def build_keyring(settings: Settings, http: httpx.AsyncClient) -> Keyring:
         http,
         cooldown=settings.jwks_cooldown_seconds,
         refresh=settings.jwks_refresh_seconds,
+    )
+
+
+def build_introspector(
+    settings: Settings, trust: Trust, http: httpx.AsyncClient
+) -> Introspector | None:
+    """An RFC 7662 client when warden has introspection credentials, else None."""
+    if settings.introspection_client_id is None or settings.introspection_client_secret is None:
+        return None
+    return Introspector(
+        http,
+        settings.introspection_client_id,
+        settings.introspection_client_secret,
+        {
+            e.issuer: str(e.introspection_endpoint) if e.introspection_endpoint else None
+            for e in settings.trusted_issuers()
+        },
+        trust.policies,
+        ceiling=settings.introspection_cache_seconds,
+        leeway=settings.leeway_seconds,
     )
 
 
@@ -78,7 +99,14 @@ class Worker:
             feed = self.feed = RevocationFeed(
                 url, RevocationList(), max_staleness=settings.revocation_max_staleness
             )
-            gate = Gate(build_trust(settings), keyring, self.registry, revocations=feed)
+            trust = build_trust(settings)
+            gate = Gate(
+                trust,
+                keyring,
+                self.registry,
+                revocations=feed,
+                introspector=build_introspector(settings, trust, http),
+            )
             connection = await aio_pika.connect_robust(
                 url, client_properties={"connection_name": f"warden {settings.worker_id}"}
             )

@@ -68,6 +68,7 @@ class IssuerSettings(BaseModel):
     algorithms: tuple[str, ...] | None = None
     accept_typ: tuple[str, ...] = ()
     required_claims: tuple[str, ...] | None = None
+    introspection_endpoint: AnyHttpUrl | None = None
 
     @field_validator("algorithms")
     @classmethod
@@ -110,6 +111,10 @@ class Settings(BrokerSettings):
     jwks_cooldown_seconds: Annotated[float, Field(ge=0)] = 30.0
     jwks_refresh_seconds: Annotated[float, Field(gt=0)] = 300.0
     revocation_max_staleness: Annotated[float, Field(gt=0)] = 30.0
+    introspection_client_id: str | None = None
+    introspection_client_secret: SecretStr | None = None
+    introspection_endpoint: AnyHttpUrl | None = None
+    introspection_cache_seconds: Annotated[float, Field(ge=0)] = 60.0
     shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 30.0
     defer_seconds: Annotated[float, Field(gt=0)] = 1.0
     defer_max_seconds: Annotated[float, Field(gt=0)] = 30.0
@@ -142,6 +147,10 @@ class Settings(BrokerSettings):
     def _issuers_and_audience(self) -> Self:
         if not self.issuer and not self.issuers:
             raise ValueError("WARDEN_ISSUER is required unless WARDEN_ISSUERS is set")
+        if (self.introspection_client_id is None) != (self.introspection_client_secret is None):
+            raise ValueError(
+                "WARDEN_INTROSPECTION_CLIENT_ID and WARDEN_INTROSPECTION_CLIENT_SECRET go together"
+            )
         if self.audience is None and (
             not self.issuers or any(i.audience is None for i in self.issuers)
         ):
@@ -152,7 +161,14 @@ class Settings(BrokerSettings):
         """Every trusted issuer, with the global audience and algorithms filled in."""
         entries = list(self.issuers)
         if self.issuer:
-            entries.insert(0, IssuerSettings(issuer=self.issuer, jwks_url=self.jwks_url))
+            entries.insert(
+                0,
+                IssuerSettings(
+                    issuer=self.issuer,
+                    jwks_url=self.jwks_url,
+                    introspection_endpoint=self.introspection_endpoint,
+                ),
+            )
         seen: set[str] = set()
         for entry in entries:
             if entry.issuer in seen:

@@ -221,6 +221,11 @@ def _check_types(obj: Mapping[str, Any], types: Mapping[str, tuple[str, Any]], w
             raise errors.TokenMalformed(f"{what} {name!r} is not {expected}")
 
 
+def check_claim_types(claims: Mapping[str, Any]) -> None:
+    """Registered claims must have their registered types: TokenMalformed otherwise."""
+    _check_types(claims, _CLAIM_TYPES, "claim")
+
+
 def parse(check: TokenCheck, max_bytes: int) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
     """Check 3: a compact JWS whose header and claims are JSON objects of the right types.
 
@@ -237,7 +242,7 @@ def parse(check: TokenCheck, max_bytes: int) -> tuple[dict[str, Any], dict[str, 
     _check_types(header, _HEADER_TYPES, "header member")
     check.header = header
     claims = _json_object(_segment(parts[1], "payload"), "payload")
-    _check_types(claims, _CLAIM_TYPES, "claim")
+    check_claim_types(claims)
     check.claims = claims
     signature = _segment(parts[2], "signature")
     return header, claims, parts[0] + b"." + parts[1], signature

@@ -148,6 +148,11 @@ class JwksServer:
         self.issuers: dict[str, Issuer] = {}
         self.requests: list[str] = []
         self.down = False
+        self.introspection_down = False
+        self.active: dict[str, dict[str, Any]] = {}
+        """Introspection answers by token; a token not listed is inactive."""
+        self.client = ("warden", "s3cret-introspection")
+        self.introspections = 0
         self._lock = threading.Condition()
         server = self
 
@@ -164,6 +169,32 @@ class JwksServer:
                     self.send_error(404)
                     return
                 body = json.dumps(document).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                import base64
+                from urllib.parse import parse_qs
+
+                length = int(self.headers.get("content-length", "0"))
+                form = parse_qs(self.rfile.read(length).decode())
+                with server._lock:
+                    server.requests.append("POST " + self.path)
+                    server.introspections += 1
+                    server._lock.notify_all()
+                if server.introspection_down or not self.path.endswith("/introspect"):
+                    self.send_error(503)
+                    return
+                expected = base64.b64encode(":".join(server.client).encode()).decode()
+                if self.headers.get("authorization") != f"Basic {expected}":
+                    self.send_error(401)
+                    return
+                token = form.get("token", [""])[0]
+                answer = server.active.get(token, {"active": False})
+                body = json.dumps(answer).encode()
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
@@ -199,7 +230,11 @@ class JwksServer:
                 f"/.well-known/oauth-authorization-server/{name}",
                 f"/{name}/.well-known/openid-configuration",
             ):
-                return {"issuer": issuer.url, "jwks_uri": self.jwks_url(issuer)}
+                return {
+                    "issuer": issuer.url,
+                    "jwks_uri": self.jwks_url(issuer),
+                    "introspection_endpoint": f"{issuer.url}/introspect",
+                }
         return None
 
     async def wait_for_requests(self, count: int, timeout: float) -> None:
@@ -211,6 +246,16 @@ class JwksServer:
 
         if not await asyncio.to_thread(wait):
             raise TimeoutError(f"the JWKS server got {len(self.requests)} of {count} requests")
+
+    async def wait_for_introspections(self, count: int, timeout: float) -> None:
+        """Return once the introspection endpoint has been asked ``count`` times in all."""
+
+        def wait() -> bool:
+            with self._lock:
+                return self._lock.wait_for(lambda: self.introspections >= count, timeout)
+
+        if not await asyncio.to_thread(wait):
+            raise TimeoutError(f"introspected {self.introspections} of {count} times")
 
     def start(self) -> None:
         self._thread.start()
