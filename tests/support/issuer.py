@@ -175,7 +175,7 @@ class JwksServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 import base64
                 from urllib.parse import parse_qs
 
