@@ -119,7 +119,8 @@ def worker_settings(
         "issuer": issuer.url,
         "audience": issuer.audience,
         "jwks_cooldown_seconds": 1.0,
-        "defer_seconds": 0.05,
+        "retry_base_seconds": 0.05,
+        "retry_max_seconds": 1.0,
         "defer_max_seconds": 0.5,
         "prefetch": 32,
         "worker_id": f"test-{uuid.uuid4().hex[:6]}",
@@ -155,7 +156,7 @@ async def start_worker(
     async def start(registry: Registry = REGISTRY, **overrides: Any) -> Running:
         settings = worker_settings(broker_url, jwks, issuer, queue_name, **overrides)
         for queue in settings.queues:
-            rabbit.forget_later(queue)
+            rabbit.forget_later(queue, settings.retry_tiers())
         worker = Worker(settings, registry)
         handle = Running(worker)
         running.append(handle)

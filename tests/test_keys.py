@@ -143,7 +143,7 @@ async def test_issuer_never_reached_jobs_wait_then_run_when_it_answers(
     start_worker: Any, rabbit: Rabbit, jwks: JwksServer, issuer: Issuer, queue_name: str
 ) -> None:
     jwks.down = True
-    await start_worker(jwks_cooldown_seconds=0.3, defer_seconds=0.1, defer_max_seconds=0.3)
+    await start_worker(jwks_cooldown_seconds=0.3, retry_base_seconds=0.1, defer_max_seconds=0.3)
     ids = [await rabbit.job(queue_name, "reports.read", issuer.token()) for _ in range(5)]
 
     # The jobs are being held back: each goes round more than once while the issuer is down.

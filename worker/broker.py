@@ -40,6 +40,11 @@ COPIED_PROPERTIES = (
 """Properties a dead letter or a deferred copy keeps from the original."""
 
 
+# Quorum queues dead-letter at least once only when publishing into a full queue is refused;
+# then a message the broker dead-letters stays where it is until the target has taken it.
+_AT_LEAST_ONCE = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+
+
 def work_queue_arguments(queue: str, delivery_limit: int) -> dict[str, Any]:
     """A quorum work queue whose crashes-too-often messages go to its dead-letter queue."""
     return {
@@ -49,16 +54,40 @@ def work_queue_arguments(queue: str, delivery_limit: int) -> dict[str, Any]:
             names.DELIVERY_LIMIT_REASON, queue
         ),
         "x-delivery-limit": delivery_limit,
+        **_AT_LEAST_ONCE,
     }
+
+
+def retry_queue_arguments(queue: str, ttl_ms: int) -> dict[str, Any]:
+    """A quorum queue that holds messages up to ``ttl_ms``, then hands them back to ``queue``."""
+    return {
+        "x-queue-type": "quorum",
+        "x-message-ttl": ttl_ms,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": queue,
+        **_AT_LEAST_ONCE,
+    }
+
+
+def retry_tier(tiers: tuple[int, ...], delay_ms: int) -> int:
+    """The shortest tier that can hold a wait of ``delay_ms`` (the longest if none can)."""
+    for ttl in tiers:
+        if ttl >= delay_ms:
+            return ttl
+    return tiers[-1]
 
 
 DEAD_LETTER_QUEUE_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum"}
 
 
 async def declare_topology(
-    channel: AbstractChannel, queues: tuple[str, ...], delivery_limit: int
+    channel: AbstractChannel,
+    queues: tuple[str, ...],
+    delivery_limit: int,
+    retry_tiers: tuple[int, ...],
 ) -> dict[str, AbstractQueue]:
-    """Declare ``warden.dlx``, each work queue and its ``<queue>.dlq``; return the work queues."""
+    """Declare ``warden.dlx``, each work queue, its ``<queue>.dlq`` and its retry queues;
+    return the work queues."""
     dlx = await channel.declare_exchange(
         names.DEAD_LETTER_EXCHANGE, ExchangeType.TOPIC, durable=True
     )
@@ -71,9 +100,16 @@ async def declare_topology(
             dlq = await channel.declare_queue(
                 names.dead_letter_queue(queue), durable=True, arguments=DEAD_LETTER_QUEUE_ARGUMENTS
             )
+            for ttl in retry_tiers:
+                await channel.declare_queue(
+                    names.retry_queue(queue, ttl),
+                    durable=True,
+                    arguments=retry_queue_arguments(queue, ttl),
+                )
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
             raise ConfigurationError(
-                f"queue {queue!r} (or its dead-letter queue) exists with other arguments than "
+                f"queue {queue!r} (or its dead-letter or retry queues) exists with other arguments "
+                "than "
                 f"warden declares ({exc.args[0] if exc.args else exc}); delete it or move it aside"
             ) from None
         await dlq.bind(dlx, names.dead_letter_binding(queue))
@@ -100,9 +136,13 @@ def to_delivery(message: AbstractIncomingMessage, queue: str) -> Delivery:
     )
 
 
-def copy_message(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
-    """A persistent copy of ``message``: same body, same properties, the given headers."""
+def copy_message(
+    message: AbstractIncomingMessage, headers: dict[str, Any], *, expiration_ms: int | None = None
+) -> aio_pika.Message:
+    """A persistent copy of ``message``: same body, same properties, the given headers (and,
+    for a message parked in a retry queue, its own expiration)."""
     properties = {name: getattr(message, name) for name in COPIED_PROPERTIES}
+    properties["expiration"] = None if expiration_ms is None else expiration_ms / 1000
     if properties["timestamp"] is None:
         properties["timestamp"] = datetime.now(UTC)
     return aio_pika.Message(

@@ -13,7 +13,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 
 from . import names
-from .broker import copy_message, describe, publish_confirmed, to_delivery
+from .broker import copy_message, describe, publish_confirmed, retry_tier, to_delivery
 from .decision import Allowed, Delivery, Denied, Gate
 from .errors import PublishFailed, Unavailable
 from .execution import run_action
@@ -46,6 +46,7 @@ class Consumer:
         self._publisher = publisher
         self._now = now
         self._dlx: AbstractExchange | None = None
+        self._tiers = settings.retry_tiers()
         self.in_flight: set[asyncio.Task[Any]] = set()
 
     async def on_message(self, queue: str, message: AbstractIncomingMessage) -> None:
@@ -98,12 +99,13 @@ class Consumer:
             case Defer(why):
                 await self._defer(message, delivery, why)
             case Again(why, delay):
+                settings = self.settings
                 wait = (
-                    delay
+                    min(max(delay, 0.0), settings.retry_max_seconds)
                     if delay is not None
                     else backoff(
-                        self.settings.defer_seconds,
-                        self.settings.defer_max_seconds,
+                        settings.retry_base_seconds,
+                        settings.retry_max_seconds,
                         delivery.attempt - 1,
                     )
                 )
@@ -125,7 +127,7 @@ class Consumer:
         headers = delivery.headers
         deferrals = headers.get(names.HEADER_DEFERRALS)
         count = deferrals if type(deferrals) is int and deferrals >= 0 else 0
-        wait = backoff(self.settings.defer_seconds, self.settings.defer_max_seconds, count)
+        wait = backoff(self.settings.retry_base_seconds, self.settings.defer_max_seconds, count)
         log.warning(
             "no verdict yet; the message waits",
             extra={
@@ -144,26 +146,27 @@ class Consumer:
         update: dict[str, Any],
         delay: float,
     ) -> None:
-        """After ``delay``, requeue a copy at the tail with ``update`` in its headers, then ack.
+        """Park a copy with ``update`` in its headers in a retry queue for ``delay``, then ack.
 
-        A copy, because returning the original with a nack would count against the quorum
-        queue's delivery limit, which is for consumers that crash, not for waiting.
+        The broker holds the wait, so it survives this worker stopping, and hands the copy back
+        to the work queue when it expires. A copy, because returning the original with a nack
+        would count against the delivery limit, which is for consumers that crash.
         """
-        await asyncio.sleep(delay)
-        headers = {**delivery.headers, **update}
+        delay_ms = max(round(delay * 1000), 1)
+        retry_queue = names.retry_queue(delivery.queue, retry_tier(self._tiers, delay_ms))
+        copy = copy_message(message, {**delivery.headers, **update}, expiration_ms=delay_ms)
         try:
-            await publish_confirmed(
-                self._publisher.default_exchange, copy_message(message, headers), delivery.queue
-            )
+            await publish_confirmed(self._publisher.default_exchange, copy, retry_queue)
         except PublishFailed as exc:
             log.error(
-                "could not requeue a copy; returning the original",
+                "could not park a copy; returning the original after the delay",
                 extra={
                     "message_id": delivery.message_id,
                     "queue": delivery.queue,
                     "error": str(exc),
                 },
             )
+            await asyncio.sleep(delay)
             await self._nack(message)
             return
         await self._ack(message)

@@ -8,7 +8,6 @@ an :class:`Allowed` or a :class:`Denied`; a verdict that cannot be reached raise
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from . import errors
+from . import errors, strictjson
 from .actions import ACTION_NAME, ActionSpec, Job, Principal, Registry
 from .introspection import Introspector, is_opaque
 from .names import HEADER_AUTHORIZATION
@@ -92,22 +91,6 @@ class KeyStore(KeyLookup, Protocol):
         ...
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        raise ValueError("duplicate member")
-    return out
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
-_body_decoder = json.JSONDecoder(
-    object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
-)
-
-
 def read_job(delivery: Delivery) -> JobRequest:
     """Check 1: the body is a job object (``schemas/job.schema.json``) with a ``message_id``."""
     message_id = delivery.message_id
@@ -117,7 +100,7 @@ def read_job(delivery: Delivery) -> JobRequest:
     if content_type and content_type.split(";", 1)[0].strip().lower() not in _JSON_TYPES:
         raise errors.MalformedMessage(f"content_type {shown(content_type)} is not application/json")
     try:
-        body = _body_decoder.decode(delivery.body.decode("utf-8"))
+        body = strictjson.loads(delivery.body)
     except UnicodeDecodeError:
         raise errors.MalformedMessage("the body is not UTF-8") from None
     except (ValueError, RecursionError):

@@ -27,6 +27,11 @@ def dead_letter_binding(queue: str) -> str:
     return f"*.{queue}"
 
 
+def retry_queue(queue: str, ttl_ms: int) -> str:
+    """Name of the queue that holds ``queue``'s messages waiting up to ``ttl_ms``."""
+    return f"{queue}.retry.{ttl_ms}ms"
+
+
 def dead_letter_routing_key(reason: str, queue: str) -> str:
     """Routing key of a dead letter: ``<reason>.<queue>``."""
     return f"{reason}.{queue}"

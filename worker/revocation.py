@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import heapq
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from . import errors
+from . import errors, strictjson
 
 Subject = Literal["jti", "sub", "client_id"]
 SUBJECTS: tuple[Subject, ...] = ("jti", "sub", "client_id")
@@ -53,9 +54,9 @@ class Revocation:
     def from_json(cls, body: bytes) -> Revocation:
         """Parse and validate an event; raise :class:`InvalidEvent` naming what is wrong."""
         try:
-            event = json.loads(body.decode("utf-8"))
+            event = strictjson.loads(body)
         except (UnicodeDecodeError, ValueError, RecursionError):
-            raise InvalidEvent("not UTF-8 JSON") from None
+            raise InvalidEvent("not UTF-8 JSON without duplicate members") from None
         if not isinstance(event, dict):
             raise InvalidEvent("not a JSON object")
         return cls.from_mapping(event)
@@ -74,7 +75,7 @@ class Revocation:
         if not isinstance(value, str) or not value:
             raise InvalidEvent(f"{subject} is not a non-empty string")
         issuer = event.get("iss")
-        if issuer is not None and (not isinstance(issuer, str) or not issuer):
+        if "iss" in event and (not isinstance(issuer, str) or not issuer):
             raise InvalidEvent("iss is not a non-empty string")
         if "reason" in event and not isinstance(event["reason"], str):
             raise InvalidEvent("reason is not a string")
@@ -98,8 +99,12 @@ class Revocation:
 
 
 def _iso(timestamp: float) -> str:
-    moment = datetime.fromtimestamp(timestamp, UTC)
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+    """RFC 3339 in UTC, rounded up to the microsecond so that a cut-off never narrows."""
+    try:
+        moment = datetime.fromtimestamp(math.ceil(timestamp * 1e6) / 1e6, UTC)
+    except (ValueError, OverflowError, OSError):
+        return f"{timestamp:.0f} seconds after the epoch"
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 _Key = tuple[Subject, str | None, str]

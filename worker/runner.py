@@ -132,7 +132,9 @@ class Worker:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=settings.prefetch)
         publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        queues = await declare_topology(channel, settings.queues, settings.delivery_limit)
+        queues = await declare_topology(
+            channel, settings.queues, settings.delivery_limit, settings.retry_tiers()
+        )
         await declare_stream(channel, settings.revocation_retention)
         tasks.append(background.create_task(feed.follow_forever()))
         log.info("reading the revocation feed before taking jobs")

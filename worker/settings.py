@@ -116,7 +116,8 @@ class Settings(BrokerSettings):
     introspection_endpoint: AnyHttpUrl | None = None
     introspection_cache_seconds: Annotated[float, Field(ge=0)] = 60.0
     shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 30.0
-    defer_seconds: Annotated[float, Field(gt=0)] = 1.0
+    retry_base_seconds: Annotated[float, Field(ge=0.01)] = 1.0
+    retry_max_seconds: Annotated[float, Field(gt=0)] = 300.0
     defer_max_seconds: Annotated[float, Field(gt=0)] = 30.0
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
 
@@ -156,6 +157,14 @@ class Settings(BrokerSettings):
         ):
             raise ValueError("WARDEN_AUDIENCE is required")
         return self
+
+    def retry_tiers(self) -> tuple[int, ...]:
+        """TTLs in ms of the retry queues: the base doubled until it covers the longest wait."""
+        longest = max(self.retry_max_seconds, self.defer_max_seconds)
+        tiers = [round(self.retry_base_seconds * 1000)]
+        while tiers[-1] < longest * 1000:
+            tiers.append(tiers[-1] * 2)
+        return tuple(tiers)
 
     def trusted_issuers(self) -> tuple[IssuerSettings, ...]:
         """Every trusted issuer, with the global audience and algorithms filled in."""

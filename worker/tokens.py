@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import binascii
 import hashlib
-import json
 import re
 from base64 import urlsafe_b64decode
 from collections.abc import Iterable, Mapping
@@ -19,7 +18,7 @@ from typing import Any, Protocol
 
 from jwt.algorithms import Algorithm, get_default_algorithms
 
-from . import errors
+from . import errors, strictjson
 from .settings import ACCESS_TOKEN_TYPES, IssuerSettings
 
 _SEGMENT = re.compile(rb"^[A-Za-z0-9_-]*$")
@@ -143,20 +142,6 @@ def shown(value: object, limit: int = 64) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        raise ValueError("duplicate member")
-    return out
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
-_decoder = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
-
-
 def _segment(data: bytes, what: str) -> bytes:
     if not _SEGMENT.fullmatch(data) or len(data) % 4 == 1:
         raise errors.TokenMalformed(f"the {what} is not base64url")
@@ -168,7 +153,7 @@ def _segment(data: bytes, what: str) -> bytes:
 
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
-        value = _decoder.decode(data.decode("utf-8"))
+        value = strictjson.loads(data)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise errors.TokenMalformed(
             f"the {what} is not a JSON object without duplicate members"

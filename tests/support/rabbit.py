@@ -30,14 +30,14 @@ class Rabbit:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         channel = await self.connection.channel()
-        for queue in self._to_delete:
-            for name in (queue, names.dead_letter_queue(queue)):
-                await channel.queue_delete(name)
+        for name in self._to_delete:
+            await channel.queue_delete(name)
         await self.connection.close()
 
-    def forget_later(self, queue: str) -> None:
-        """Delete ``queue`` and its dead-letter queue when the test ends."""
-        self._to_delete.add(queue)
+    def forget_later(self, queue: str, retry_tiers: tuple[int, ...] = ()) -> None:
+        """Delete ``queue``, its dead-letter queue and its retry queues when the test ends."""
+        self._to_delete.update((queue, names.dead_letter_queue(queue)))
+        self._to_delete.update(names.retry_queue(queue, ttl) for ttl in retry_tiers)
 
     async def publish(
         self,
