@@ -78,7 +78,7 @@ class Consumer:
         """The one place that acks, dead-letters or returns a message to its queue."""
         match outcome:
             case Done():
-                await self._ack(message)
+                await ack(message)
             case DeadLetter(denied):
                 self._log_denial(delivery, denied)
                 try:
@@ -95,7 +95,7 @@ class Consumer:
                     )
                     await self._defer(message, delivery, f"dead letter failed: {exc}")
                 else:
-                    await self._ack(message)
+                    await ack(message)
             case Defer(why):
                 await self._defer(message, delivery, why)
             case Again(why, delay):
@@ -167,9 +167,9 @@ class Consumer:
                 },
             )
             await asyncio.sleep(delay)
-            await self._nack(message)
+            await requeue(message)
             return
-        await self._ack(message)
+        await ack(message)
 
     async def _dead_letter(
         self, message: AbstractIncomingMessage, delivery: Delivery, denied: Denied
@@ -206,20 +206,25 @@ class Consumer:
             },
         )
 
-    async def _ack(self, message: AbstractIncomingMessage) -> None:
-        try:
-            await message.ack()
-        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
-            log.warning(
-                "ack failed; the broker will deliver the message again",
-                extra={"message_id": message.message_id, "error": describe(exc)},
-            )
 
-    async def _nack(self, message: AbstractIncomingMessage) -> None:
-        try:
-            await message.nack(requeue=True)
-        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
-            log.warning(
-                "nack failed; the broker will deliver the message again",
-                extra={"message_id": message.message_id, "error": describe(exc)},
-            )
+async def ack(message: AbstractIncomingMessage) -> None:
+    """Ack; if the channel died, say so: the broker delivers the message again, and the worker
+    goes on."""
+    try:
+        await message.ack()
+    except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+        log.warning(
+            "ack failed; the broker will deliver the message again",
+            extra={"message_id": message.message_id, "error": describe(exc)},
+        )
+
+
+async def requeue(message: AbstractIncomingMessage) -> None:
+    """Return the message to its queue (this counts against the delivery limit)."""
+    try:
+        await message.nack(requeue=True)
+    except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+        log.warning(
+            "nack failed; the broker will deliver the message again",
+            extra={"message_id": message.message_id, "error": describe(exc)},
+        )

@@ -106,15 +106,16 @@ class Rabbit:
         """The next ``count`` dead letters of ``queue``."""
         return await self.take(names.dead_letter_queue(queue), count, timeout)
 
-    async def declare_work_queue(self, queue: str, delivery_limit: int = 5) -> None:
-        """Declare ``queue`` as a worker would, so jobs can wait in it before any worker runs."""
-        from worker.broker import work_queue_arguments
+    async def declare_work_queue(
+        self, queue: str, delivery_limit: int = 5, retry_tiers: tuple[int, ...] = (50,)
+    ) -> None:
+        """Declare ``queue`` and its dead-letter queue as a worker would, so jobs can wait in it
+        before any worker runs."""
+        from worker.broker import declare_topology
 
-        self.forget_later(queue)
+        self.forget_later(queue, retry_tiers)
         channel = await self.connection.channel()
-        await channel.declare_queue(
-            queue, durable=True, arguments=work_queue_arguments(queue, delivery_limit)
-        )
+        await declare_topology(channel, (queue,), delivery_limit, retry_tiers)
         await channel.close()
 
     async def depth(self, queue: str) -> int:

@@ -1,0 +1,143 @@
+"""``warden run`` as a process: SIGTERM under load loses and repeats nothing; a message that
+kills the process every time ends in the dead-letter queue as ``delivery_limit``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.issuer import Issuer, JwksServer
+from tests.support.rabbit import Rabbit
+from worker import names
+from worker.dlq import dead_letter_reason
+from worker.publisher import publish_jobs
+
+pytestmark = pytest.mark.broker
+
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.fixture
+async def spawn(
+    broker_url: str, jwks: JwksServer, issuer: Issuer, queue_name: str, rabbit: Rabbit
+) -> AsyncIterator[Callable[..., Any]]:
+    """Start ``warden run`` processes on the test's queue; kill leftovers at the end."""
+    started: list[asyncio.subprocess.Process] = []
+    ran_queue = f"{queue_name}.ran"
+    rabbit.forget_later(ran_queue)
+    channel = await rabbit.connection.channel()
+    await channel.declare_queue(ran_queue, durable=True)
+
+    async def start(**env: str) -> asyncio.subprocess.Process:
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("WARDEN_")}
+        environment |= {
+            "PYTHONPATH": str(ROOT),
+            "WARDEN_BROKER_URL": broker_url,
+            "WARDEN_QUEUES": queue_name,
+            "WARDEN_ACTIONS": "tests.support.process_actions",
+            "WARDEN_ISSUER": issuer.url,
+            "WARDEN_JWKS_URL": jwks.jwks_url(issuer),
+            "WARDEN_AUDIENCE": issuer.audience,
+            "WARDEN_RETRY_BASE_SECONDS": "0.05",
+            "WARDEN_RETRY_MAX_SECONDS": "1",
+            "WARDEN_DEFER_MAX_SECONDS": "0.5",
+            "WARDEN_TEST_RAN_QUEUE": ran_queue,
+            "WARDEN_LOG_LEVEL": "WARNING",
+            **env,
+        }
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "worker",
+            "run",
+            env=environment,
+            cwd=ROOT,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        started.append(process)
+        return process
+
+    from worker.settings import Settings
+
+    tiers = Settings(
+        issuer="x",
+        audience="x",
+        retry_base_seconds=0.05,
+        retry_max_seconds=1,
+        defer_max_seconds=0.5,
+    ).retry_tiers()
+    rabbit.forget_later(queue_name, tiers)
+    yield start
+    for process in started:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_sigterm_under_load_exits_0_and_loses_or_repeats_nothing(
+    spawn: Callable[..., Any], rabbit: Rabbit, issuer: Issuer, queue_name: str, broker_url: str
+) -> None:
+    await rabbit.declare_work_queue(queue_name)
+    total = 2000
+    ids = await publish_jobs(
+        broker_url, queue_name, "work.slow", {}, issuer.token(scope="work"), count=total
+    )
+    process = await spawn(WARDEN_PREFETCH="64")
+
+    ran = await rabbit.take(f"{queue_name}.ran", 300, timeout=60)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, stderr.decode()[-2000:]
+
+    ran += await rabbit.get_all(f"{queue_name}.ran")
+    ran_ids = [m.body.decode() for m in ran]
+    left = [m.message_id for m in await rabbit.get_all(queue_name)]
+    assert len(ran_ids) == len(set(ran_ids)), "a job ran twice"
+    assert sorted(ran_ids + left) == sorted(ids), "executed plus still queued must be published"
+    assert 300 <= len(ran_ids) < total
+    assert await rabbit.depth(names.dead_letter_queue(queue_name)) == 0
+
+
+async def test_message_that_kills_the_worker_every_time_reaches_the_dlq_as_delivery_limit(
+    spawn: Callable[..., Any], rabbit: Rabbit, issuer: Issuer, queue_name: str
+) -> None:
+    limit = 3
+    await rabbit.declare_work_queue(queue_name, delivery_limit=limit)
+    poison = await rabbit.job(queue_name, "work.crash", issuer.token(scope="work"))
+    fine = await rabbit.job(queue_name, "work.slow", issuer.token(scope="work"))
+
+    # Workers keep dying on the poison message until the broker gives up on it.
+    dead_lettered = asyncio.create_task(rabbit.dead_letters(queue_name, 1, timeout=120))
+    deaths = 0
+    while not dead_lettered.done():
+        process = await spawn(WARDEN_DELIVERY_LIMIT=str(limit), WARDEN_PREFETCH="1")
+        exited = asyncio.ensure_future(process.wait())
+        await asyncio.wait({dead_lettered, exited}, return_when=asyncio.FIRST_COMPLETED)
+        if exited.done():
+            assert process.returncode == -signal.SIGKILL
+            deaths += 1
+            assert deaths <= limit + 1, "the delivery limit did not stop the poison message"
+        else:  # the broker gave up while this worker was starting; it has nothing to do
+            process.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(exited, 30) in (0, -signal.SIGTERM)
+
+    [letter] = dead_lettered.result()
+    assert deaths >= limit - 1
+    assert letter.message_id == poison
+    assert dead_letter_reason(letter.headers) == "delivery_limit"
+    assert letter.routing_key == f"delivery_limit.{queue_name}"
+
+    # The job behind it was never lost: it ran once, before or in this last worker.
+    process = await spawn(WARDEN_DELIVERY_LIMIT=str(limit), WARDEN_PREFETCH="1")
+    [ran] = await rabbit.take(f"{queue_name}.ran", 1, timeout=30)
+    assert ran.body.decode() == fine
+    process.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(process.wait(), 30)
+    assert process.returncode == 0
