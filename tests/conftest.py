@@ -125,6 +125,7 @@ def worker_settings(
         "prefetch": 32,
         "worker_id": f"test-{uuid.uuid4().hex[:6]}",
         "shutdown_grace_seconds": 5.0,
+        "http_port": 0,
     }
     values.update(overrides)
     return Settings(**values)
@@ -176,3 +177,50 @@ async def start_worker(
     for handle in running:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(handle.task, 30)
+
+
+# --- no token in any log line -----------------------------------------------------------------
+
+_LOG_GUARD: list[Any] = []
+_CAPPED_LIBRARIES = ("aiormq", "aio_pika", "httpx", "httpcore")
+"""Loggers ``worker.logs.configure`` holds at WARNING even with WARDEN_LOG_LEVEL=DEBUG: at DEBUG,
+aio-pika logs every message it publishes, headers and all, the test's own jobs included."""
+
+
+def _attach_log_guard() -> None:
+    root = logging.getLogger()
+    for guard in _LOG_GUARD:
+        if guard not in root.handlers:
+            root.addHandler(guard)
+    if _LOG_GUARD:
+        root.setLevel(logging.DEBUG)
+        for name in _CAPPED_LIBRARIES:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_token_in_any_log_line() -> Iterator[None]:
+    """Across the whole run, every log record warden's logging lets through at DEBUG, formatted
+    as warden writes it (extra fields, exception and stack included), must show no token minted
+    by the tests and no 16-character run of one's signature (``tests/support/leaks.py``)."""
+    from tests.support.leaks import LogGuard
+
+    guard = LogGuard()
+    _LOG_GUARD.append(guard)
+    root = logging.getLogger()
+    levels = {name: logging.getLogger(name).level for name in ("", *_CAPPED_LIBRARIES)}
+    _attach_log_guard()
+    try:
+        yield
+    finally:
+        root.removeHandler(guard)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        _LOG_GUARD.clear()
+    guard.check()
+
+
+@pytest.fixture(autouse=True)
+def _log_guard_stays_attached() -> None:
+    """A test that reconfigures logging (``worker.logs.configure``) must not blind the guard."""
+    _attach_log_guard()

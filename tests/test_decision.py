@@ -1,33 +1,39 @@
-"""The decision of SPEC section 2 without a broker, from the attacker's side.
+"""The decision of SPEC section 2 without a broker, check by check.
 
 Every case asserts the exact reason code of the first failing check, that the denial never leaks
 the token (``assert_denied``), and what the denial's token summary says. Keys come from a real
 in-memory key store over the test issuers' JWKS documents, parsed by :func:`worker.keys.parse_jwks`.
+The catalogue of named attacks (``alg: none``, key injection, JWE, duplicate members, confused
+tokens, oversized input ...) is ``tests/attacks/``; delegation and proof of possession (checks 16
+and 17) are ``tests/test_delegation.py`` and ``tests/test_proof.py``.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
-import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from jwt.algorithms import get_default_algorithms
 
-from tests.support.issuer import AUDIENCE, DROP, Issuer, SigningKey, unsigned
+from tests.support.decision import (
+    REGISTRY,
+    MemoryKeys,
+    assert_allowed,
+    assert_denied,
+    clear_warden_environment,
+    delivery,
+    fingerprint,
+    job_body,
+)
+from tests.support.decision import make_gate as make_gate_for
+from tests.support.issuer import AUDIENCE, DROP, Issuer, SigningKey, b64, encoded, unsigned
+from tests.support.issuer import sign as sign_as
+from tests.support.leaks import minted
 from worker import errors
-from worker.actions import Registry
-from worker.decision import Allowed, Delivery, Denied, Gate
-from worker.keys import parse_jwks
-from worker.runner import build_trust
-from worker.settings import Settings
-from worker.tokens import VerificationKey
+from worker.decision import Delivery, Gate
 
 ISSUER_URL = "https://issuer.test/realms/main"
 OTHER_URL = "https://other-issuer.test/realms/b"
@@ -40,84 +46,22 @@ ISSUER = Issuer(ISSUER_URL, [PS, ES, ED, RS])  # the last key (RS256) signs by d
 OTHER = Issuer(OTHER_URL)  # a second trusted issuer with its own RS256 key
 ATTACKER = SigningKey.generate("RS256", kid="attacker-1")
 
-REGISTRY = Registry.from_modules(["tests.support.actions"])
-
-BEFORE_SIGNATURE = {
-    "token_malformed",
-    "algorithm_not_allowed",
-    "token_type_invalid",
-    "issuer_untrusted",
-    "key_unknown",
-    "signature_invalid",
-}
-"""Reasons of checks 3 to 8: the token was parsed but never verified."""
-
-
-# --- a real key store -------------------------------------------------------------------------
-
-
-class MemoryKeys:
-    """A :class:`~worker.decision.KeyStore` over issuers' JWKS documents held in memory.
-
-    A fetch is ``parse_jwks(issuer.jwks(), issuer.url)``, so keys an issuer adds after the store
-    was built are found by a refetch, exactly as a worker would find them over HTTP.
-    """
-
-    def __init__(self, *issuers: Issuer) -> None:
-        self._issuers = {issuer.url: issuer for issuer in issuers}
-        self._keys: dict[str, dict[str, VerificationKey]] = {}
-        self._fetched: dict[str, float] = {}
-        self.refetches: list[str] = []
-        for url in self._issuers:
-            self._fetch(url)
-
-    def _fetch(self, issuer: str) -> None:
-        self._fetched[issuer] = time.time()
-        self._keys[issuer] = parse_jwks(self._issuers[issuer].jwks(), issuer)
-
-    def key(self, issuer: str, kid: str) -> VerificationKey | None:
-        return self._keys.get(issuer, {}).get(kid)
-
-    def loaded(self, issuer: str) -> bool:
-        return issuer in self._keys
-
-    def fetched_at(self, issuer: str) -> float | None:
-        return self._fetched.get(issuer)
-
-    async def refetch(self, issuer: str) -> None:
-        self.refetches.append(issuer)
-        if issuer in self._issuers:
-            self._fetch(issuer)
-
 
 # --- helpers ----------------------------------------------------------------------------------
 
 
 @pytest.fixture(autouse=True)
 def _no_warden_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Settings read WARDEN_* variables: the tests' own must not be mixed with the caller's."""
-    for name in list(os.environ):
-        if name.upper().startswith("WARDEN_"):
-            monkeypatch.delenv(name)
+    clear_warden_environment(monkeypatch)
 
 
 def now() -> int:
     return int(time.time())
 
 
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def encoded(value: Any) -> bytes:
-    return value if isinstance(value, bytes) else json.dumps(value).encode()
-
-
 def sign(header: Any, claims: Any, key: SigningKey = RS, alg: str | None = None) -> str:
     """A compact JWS over exactly these header and claims (dicts or raw JSON bytes)."""
-    signing_input = f"{b64(encoded(header))}.{b64(encoded(claims))}"
-    signature = get_default_algorithms()[alg or key.alg].sign(signing_input.encode(), key.private)
-    return f"{signing_input}.{b64(signature)}"
+    return sign_as(header, claims, key, alg)
 
 
 def head(key: SigningKey = RS, **extra: Any) -> dict[str, Any]:
@@ -146,43 +90,15 @@ def issued_earlier(**kwargs: Any) -> str:
 def with_payload(raw: str, new_claims: Any) -> str:
     """``raw`` with its claims segment replaced, header and signature kept."""
     header, _, signature = raw.split(".")
-    return f"{header}.{b64(encoded(new_claims))}.{signature}"
+    return minted(f"{header}.{b64(encoded(new_claims))}.{signature}")
 
 
-def body(action: str = "reports.generate", payload: Any = None) -> bytes:
-    return json.dumps({"action": action, "payload": {} if payload is None else payload}).encode()
-
-
-def delivery(
-    raw: str | None,
-    *,
-    content: bytes | None = None,
-    headers: dict[str, Any] | None = None,
-    message_id: str | None = "m1",
-    content_type: str | None = "application/json",
-    action: str = "reports.generate",
-) -> Delivery:
-    if headers is None:
-        headers = {} if raw is None else {"authorization": "Bearer " + raw}
-    return Delivery(
-        body=body(action) if content is None else content,
-        headers=headers,
-        message_id=message_id,
-        content_type=content_type,
-        queue="jobs",
-    )
+body = job_body
 
 
 def make_gate(*trusted: Issuer, keys: MemoryKeys | None = None, **settings: Any) -> Gate:
     """A gate trusting ``trusted`` (default: ISSUER) with the settings a worker would have."""
-    trusted = trusted or (ISSUER,)
-    values: dict[str, Any] = {"audience": AUDIENCE, "broker_url": "amqp://guest:guest@localhost/"}
-    if len(trusted) == 1 and "issuers" not in settings:
-        values["issuer"] = trusted[0].url
-    elif "issuers" not in settings:
-        values["issuers"] = [{"issuer": issuer.url} for issuer in trusted]
-    values.update(settings)
-    return Gate(build_trust(Settings(**values)), keys or MemoryKeys(*trusted), REGISTRY)
+    return make_gate_for(*(trusted or (ISSUER,)), keys=keys, **settings)
 
 
 @pytest.fixture
@@ -193,60 +109,6 @@ def keys() -> MemoryKeys:
 @pytest.fixture
 def gate(keys: MemoryKeys) -> Gate:
     return make_gate(ISSUER, OTHER, keys=keys)
-
-
-def fingerprint(raw: str) -> str:
-    return "sha256:" + hashlib.sha256(raw.encode()).hexdigest()
-
-
-def assert_no_secret(verdict: Denied, raw: str | None) -> None:
-    """Nothing a denial reports holds the token or any 16-character run of its signature."""
-    if not raw or len(raw) < 16:
-        return
-    summary = verdict.token.summary() if verdict.token is not None else {}
-    texts = [
-        verdict.denial.detail,
-        str(verdict.denial),
-        repr(verdict.denial),
-        repr(verdict.token),
-        json.dumps(summary, default=str),
-        str(verdict.action),
-    ]
-    signature = raw.rsplit(".", 1)[-1]
-    runs = {signature[i : i + 16] for i in range(len(signature) - 15)}
-    for text in texts:
-        assert raw not in text, "the raw token leaked into a denial"
-        leaked = [run for run in runs if run in text]
-        assert not leaked, f"a run of the signature leaked into a denial: {text[:200]!r}"
-
-
-def assert_denied(verdict: object, reason: str, raw: str | None) -> Denied:
-    """The verdict is a denial for exactly ``reason``, and it keeps the token's secrets."""
-    assert isinstance(verdict, Denied), f"expected {reason}, got {verdict!r}"
-    denial = verdict.denial
-    assert denial.reason == reason, f"expected {reason}, got {denial.reason}: {denial.detail}"
-    assert type(denial) is errors.REASONS[reason]
-    assert_no_secret(verdict, raw)
-    if verdict.token is not None:
-        assert raw is not None
-        assert verdict.token.fingerprint() == fingerprint(raw)
-        summary = verdict.token.summary()
-        assert summary["fingerprint"] == fingerprint(raw)
-        assert summary["verified"] is (reason not in BEFORE_SIGNATURE)
-        assert verdict.token.verified is (reason not in BEFORE_SIGNATURE)
-    return verdict
-
-
-def assert_allowed(verdict: object, raw: str) -> Allowed:
-    assert isinstance(verdict, Allowed), (
-        f"expected allowed, got {verdict.denial.reason}: {verdict.denial.detail}"
-        if isinstance(verdict, Denied)
-        else repr(verdict)
-    )
-    assert verdict.token.verified is True
-    assert verdict.token.fingerprint() == fingerprint(raw)
-    assert raw not in repr(verdict)
-    return verdict
 
 
 # --- allowed ----------------------------------------------------------------------------------
@@ -355,21 +217,12 @@ async def test_access_token_types_are_allowed_in_any_case(gate: Gate, typ: str) 
 
 # --- check 1: malformed_message ---------------------------------------------------------------
 
-NESTED = b"[" * 100_000 + b"]" * 100_000
-NESTED_PAYLOAD = b'{"action": "reports.generate", "payload": {"a": ' + NESTED + b"}}"
-
 
 @pytest.mark.parametrize(
     "make",
     [
         pytest.param(lambda t: delivery(t, content=b"not json"), id="non-json-body"),
         pytest.param(lambda t: delivery(t, content=b""), id="empty-body"),
-        pytest.param(
-            lambda t: delivery(
-                t, content=b'{"action": "reports.generate", "payload": {"x": "\xff"}}'
-            ),
-            id="non-utf8-body",
-        ),
         pytest.param(
             lambda t: delivery(t, content=b"\xef\xbb\xbf" + body()), id="utf8-bom-before-json"
         ),
@@ -424,10 +277,6 @@ NESTED_PAYLOAD = b'{"action": "reports.generate", "payload": {"a": ' + NESTED + 
                 t, content=b'{"action": "reports.generate", "payload": {"n": -Infinity}}'
             ),
             id="infinity-is-not-json",
-        ),
-        pytest.param(lambda t: delivery(t, content=NESTED), id="100000-nested-arrays"),
-        pytest.param(
-            lambda t: delivery(t, content=NESTED_PAYLOAD), id="100000-nested-arrays-in-payload"
         ),
         pytest.param(lambda t: delivery(t, message_id=None), id="message-id-missing"),
         pytest.param(lambda t: delivery(t, message_id=""), id="message-id-empty"),
@@ -506,77 +355,17 @@ async def test_bearer_header_with_illegal_token_characters_is_malformed(
 # --- check 3: token_malformed -----------------------------------------------------------------
 
 
-def _duplicate_header_member() -> str:
-    header = json.dumps(head())[:-1] + ', "kid": "' + ED.kid + '"}'
-    return sign(header.encode(), claims())
-
-
-def _duplicate_claim() -> str:
-    payload = json.dumps(claims(scope="reports:read"))[:-1] + ', "scope": "admin"}'
-    return sign(head(), payload.encode())
-
-
-def _deeply_nested_claim() -> str:
-    return sign(head(), b'{"x": ' + b"[" * 2500 + b"]" * 2500 + b"}")
-
-
 @pytest.mark.parametrize(
     "make",
     [
-        pytest.param(lambda: ".".join(token().split(".")[:2]), id="two-segments"),
-        pytest.param(lambda: token() + ".", id="four-segments"),
-        pytest.param(
-            lambda: ".".join(
-                [
-                    b64(b'{"alg":"RSA-OAEP-256","enc":"A256GCM","typ":"at+jwt"}'),
-                    "a" * 342,
-                    "b" * 16,
-                    "c" * 100,
-                    "d" * 22,
-                ]
-            ),
-            id="jwe-five-segments",
-        ),
         pytest.param(lambda: "a" * 40, id="one-segment"),
-        pytest.param(lambda: "..", id="empty-segments"),
-        pytest.param(
-            lambda: token().replace("-", "+").replace("_", "/") + "+/",
-            id="standard-base64-alphabet",
-        ),
-        pytest.param(lambda: token() + "=", id="padded-signature"),
         pytest.param(lambda: "a" + token(), id="garbage-before-header"),
         pytest.param(lambda: sign(b"[]", claims()), id="header-json-array"),
         pytest.param(lambda: sign(b'"at+jwt"', claims()), id="header-json-string"),
         pytest.param(lambda: sign(b"not json", claims()), id="header-not-json"),
         pytest.param(lambda: sign(head(), b"[1, 2]"), id="claims-json-array"),
         pytest.param(lambda: sign(head(), b"null"), id="claims-json-null"),
-        pytest.param(lambda: sign(head(), b"\xff\xfe{}"), id="claims-not-utf8"),
-        pytest.param(lambda: sign(head(), b'{"exp": NaN}'), id="claims-nan"),
-        pytest.param(_duplicate_header_member, id="duplicate-kid-in-header"),
-        pytest.param(_duplicate_claim, id="duplicate-scope-in-claims"),
-        pytest.param(_deeply_nested_claim, id="deeply-nested-claims"),
-        pytest.param(lambda: token(padding="x" * 1_000_000), id="one-megabyte-token"),
-        pytest.param(lambda: token(padding="x" * 6200), id="just-over-8192-bytes"),
-        pytest.param(lambda: token(exp=str(now() + 300)), id="exp-string"),
-        pytest.param(lambda: token(exp=now() + 300.5), id="exp-float"),
-        pytest.param(lambda: token(exp=True), id="exp-bool"),
-        pytest.param(lambda: token(exp=None), id="exp-null"),
-        pytest.param(lambda: token(exp=10**20), id="exp-beyond-any-date"),
         pytest.param(lambda: token(exp=253402300800), id="exp-in-year-10000"),
-        pytest.param(lambda: token(iat=str(now())), id="iat-string"),
-        pytest.param(lambda: token(nbf=[now()]), id="nbf-array"),
-        pytest.param(lambda: token(aud={"aud": AUDIENCE}), id="aud-object"),
-        pytest.param(lambda: token(aud=[AUDIENCE, 7]), id="aud-array-with-number"),
-        pytest.param(lambda: token(scope=7), id="scope-number"),
-        pytest.param(lambda: token(scope=["admin"]), id="scope-array"),
-        pytest.param(lambda: token(scp={"admin": True}), id="scp-object"),
-        pytest.param(lambda: token(sub=1), id="sub-number"),
-        pytest.param(lambda: sign(head(), claims(iss=[ISSUER_URL])), id="iss-array"),
-        pytest.param(lambda: token(act="someone"), id="act-string"),
-        pytest.param(lambda: sign(head(kid=7), claims()), id="kid-number"),
-        pytest.param(lambda: sign(head(typ=["at+jwt"]), claims()), id="typ-array"),
-        pytest.param(lambda: sign(head(alg=["RS256"]), claims()), id="alg-array"),
-        pytest.param(lambda: sign(head(crit="exp"), claims()), id="crit-string"),
     ],
 )
 async def test_token_malformed(gate: Gate, make: Callable[[], str]) -> None:
@@ -597,52 +386,11 @@ async def test_the_token_size_limit_is_configurable() -> None:
 # --- check 4: algorithm_not_allowed -----------------------------------------------------------
 
 
-def _hmac_with_public_pem(alg: str = "HS256", digest: str = "sha256") -> str:
-    """The algorithm-confusion attack: HMAC keyed with the issuer's public key."""
-    signing_input = f"{b64(encoded(head(alg=alg)))}.{b64(encoded(claims(scope='admin')))}"
-    mac = hmac.new(RS.public_pem(), signing_input.encode(), digest).digest()
-    return f"{signing_input}.{b64(mac)}"
-
-
-def _hmac_with_public_jwk() -> str:
-    signing_input = f"{b64(encoded(head(alg='HS256')))}.{b64(encoded(claims(scope='admin')))}"
-    secret = json.dumps(RS.public_jwk()).encode()
-    return f"{signing_input}.{b64(hmac.new(secret, signing_input.encode(), 'sha256').digest())}"
-
-
 @pytest.mark.parametrize(
     "make",
     [
-        pytest.param(lambda: unsigned(head(alg="none"), claims()), id="alg-none"),
-        pytest.param(lambda: unsigned(head(alg="None"), claims()), id="alg-None"),
-        pytest.param(lambda: unsigned(head(alg="NONE"), claims()), id="alg-NONE"),
-        pytest.param(lambda: unsigned(head(alg="nOnE", kid=DROP), claims()), id="alg-nOnE-no-kid"),
-        pytest.param(
-            lambda: unsigned(head(alg="none"), claims(iss="https://evil.test")),
-            id="alg-none-untrusted-issuer",
-        ),
-        pytest.param(lambda: unsigned(head(alg=DROP), claims()), id="alg-missing"),
-        pytest.param(lambda: unsigned(head(alg=""), claims()), id="alg-empty"),
-        pytest.param(_hmac_with_public_pem, id="hs256-keyed-with-rsa-public-pem"),
-        pytest.param(
-            lambda: _hmac_with_public_pem("HS512", "sha512"), id="hs512-keyed-with-rsa-public-pem"
-        ),
-        pytest.param(_hmac_with_public_jwk, id="hs256-keyed-with-public-jwk"),
-        pytest.param(lambda: token(alg="RS512"), id="rs512-not-in-defaults"),
         pytest.param(lambda: token(alg="RS384"), id="rs384-not-in-defaults"),
         pytest.param(lambda: token(alg="PS512"), id="ps512-not-in-defaults"),
-        pytest.param(lambda: sign(head(alg="rs256"), claims(), alg="RS256"), id="alg-lower-case"),
-        pytest.param(lambda: sign(head(ES, kid=RS.kid), claims(), ES), id="es256-over-an-rsa-kid"),
-        pytest.param(lambda: sign(head(ED, kid=ES.kid), claims(), ED), id="eddsa-over-an-ec-kid"),
-        pytest.param(lambda: sign(head(RS, kid=ED.kid), claims(), RS), id="rs256-over-an-okp-kid"),
-        pytest.param(
-            lambda: sign(head(RS, alg="PS256"), claims(), RS, alg="PS256"),
-            id="ps256-over-a-jwk-that-says-rs256",
-        ),
-        pytest.param(
-            lambda: sign(head(PS, alg="RS256"), claims(), PS, alg="RS256"),
-            id="rs256-over-a-jwk-that-says-ps256",
-        ),
     ],
 )
 async def test_algorithm_not_allowed(gate: Gate, make: Callable[[], str]) -> None:
@@ -680,22 +428,8 @@ async def test_the_algorithm_allow_list_is_per_issuer(keys: MemoryKeys) -> None:
 @pytest.mark.parametrize(
     "make",
     [
-        pytest.param(
-            lambda: token(header={"typ": "JWT"}, nonce="n-0S6_WzA2Mj", azp="web-app"),
-            id="id-token-typ-jwt-with-nonce",
-        ),
-        pytest.param(lambda: token(header={"typ": "jwt"}), id="typ-jwt-lower-case"),
         pytest.param(lambda: sign(head(typ=DROP), claims()), id="typ-missing"),
         pytest.param(lambda: token(header={"typ": ""}), id="typ-empty"),
-        pytest.param(lambda: token(header={"typ": "dpop+jwt"}), id="typ-dpop-proof"),
-        pytest.param(lambda: token(header={"typ": "logout+jwt"}), id="typ-logout-token"),
-        pytest.param(lambda: token(header={"typ": "at+jwt; charset=x"}), id="typ-with-parameter"),
-        pytest.param(
-            lambda: sign({**head(crit=["urn:example:ext"]), "urn:example:ext": 1}, claims()),
-            id="unknown-crit-header",
-        ),
-        pytest.param(lambda: sign(head(crit=[]), claims()), id="empty-crit-header"),
-        pytest.param(lambda: sign(head(crit=["b64"], b64=False), claims()), id="crit-b64-false"),
         pytest.param(
             lambda: token(header={"typ": "JWT"}, iss="https://evil.test"),
             id="typ-jwt-untrusted-issuer",
@@ -735,16 +469,9 @@ async def test_an_issuer_may_be_configured_to_accept_typ_jwt(keys: MemoryKeys) -
     "iss",
     [
         pytest.param("https://evil.test/realms/main", id="other-issuer"),
-        pytest.param(ISSUER_URL + "/", id="trailing-slash"),
-        pytest.param(ISSUER_URL.upper(), id="upper-case"),
-        pytest.param("https://ISSUER.test/realms/main", id="host-in-other-case"),
         pytest.param("https://issuer.test/realms/Main", id="path-in-other-case"),
-        pytest.param(ISSUER_URL + " ", id="trailing-space"),
-        pytest.param("http://issuer.test/realms/main", id="http-not-https"),
         pytest.param("https://issuer.test:443/realms/main", id="explicit-default-port"),
-        pytest.param(ISSUER_URL + "/../main", id="dot-segments"),
         pytest.param("", id="empty"),
-        pytest.param(DROP, id="no-iss"),
     ],
 )
 async def test_issuer_untrusted(gate: Gate, iss: Any) -> None:
@@ -857,18 +584,13 @@ def _tampered(key: SigningKey) -> str:
     return with_payload(raw, claims(scope="reports:read reports:write admin"))
 
 
-def _signature_of_another_token() -> str:
-    mine, theirs = token(scope="reports:read"), token(scope="admin reports:write")
-    return theirs.rsplit(".", 1)[0] + "." + mine.rsplit(".", 1)[1]
-
-
 def _es256_der_signature() -> str:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
 
     signing_input = f"{b64(encoded(head(ES)))}.{b64(encoded(claims()))}"
     der = ES.private.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256()))
-    return f"{signing_input}.{b64(der)}"
+    return minted(f"{signing_input}.{b64(der)}")
 
 
 @pytest.mark.parametrize(
@@ -878,12 +600,6 @@ def _es256_der_signature() -> str:
         pytest.param(lambda: _tampered(PS), id="tampered-claims-ps256"),
         pytest.param(lambda: _tampered(ES), id="tampered-claims-es256"),
         pytest.param(lambda: _tampered(ED), id="tampered-claims-eddsa"),
-        pytest.param(lambda: token().rsplit(".", 1)[0] + ".", id="empty-signature-rs256"),
-        pytest.param(lambda: token(key=ES).rsplit(".", 1)[0] + ".", id="empty-signature-es256"),
-        pytest.param(lambda: token(key=ED).rsplit(".", 1)[0] + ".", id="empty-signature-eddsa"),
-        pytest.param(_signature_of_another_token, id="signature-of-another-token"),
-        pytest.param(lambda: token()[:-8], id="truncated-signature"),
-        pytest.param(lambda: token() + "AAAA", id="extended-signature"),
         pytest.param(lambda: sign(head(), claims(), ATTACKER), id="attacker-key-issuer-kid"),
         pytest.param(
             lambda: sign(head(PS), claims(), RS, alg="PS256"),

@@ -16,7 +16,7 @@ import pytest
 from tests.support.issuer import Issuer, JwksServer
 from tests.support.rabbit import Rabbit
 from worker import names
-from worker.dlq import dead_letter_reason
+from worker.letters import dead_letter_reason
 from worker.publisher import publish_jobs
 
 pytestmark = pytest.mark.broker

@@ -4,7 +4,7 @@ Applications register actions with :func:`action`; warden verifies each job's ac
 before it runs one, and dead-letters what it refuses.
 """
 
-from .actions import Job, Principal, action
+from .actions import ANY_ACTOR, Job, Principal, action
 from .errors import Reject, Retry
 
-__all__ = ["Job", "Principal", "Reject", "Retry", "action"]
+__all__ = ["ANY_ACTOR", "Job", "Principal", "Reject", "Retry", "action"]

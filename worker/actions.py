@@ -1,8 +1,9 @@
 """Actions: the protected work a job asks for, registered with :func:`action` (SPEC section 5).
 
 The decorator checks what it can at import (a coroutine function, a ``scopes`` argument, a
-valid name); :meth:`Registry.from_modules` imports the modules ``WARDEN_ACTIONS`` names at
-start-up and refuses duplicate names there, so a bad registry never meets its first message.
+valid name, a delegation policy); :meth:`Registry.from_modules` imports the modules
+``WARDEN_ACTIONS`` names at start-up and refuses duplicate names there, so a bad registry never
+meets its first message.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 
 from .errors import ConfigurationError
 
@@ -32,6 +33,26 @@ class Principal:
     expires_at: datetime | None
     actor: str | None = None
     """``act.sub``: who acts for ``sub`` (RFC 8693 delegation), or None."""
+    actor_chain: tuple[str, ...] = ()
+    """Every actor of the token's ``act`` chain, the current one (:attr:`actor`) first, then the
+    prior actors of nested ``act`` claims. Only the first was checked against the action's
+    ``actors``; the others are what the token says of the delegation's history."""
+
+
+class AnyActor:
+    """The type of :data:`ANY_ACTOR`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "ANY_ACTOR"
+
+
+ANY_ACTOR: Final = AnyActor()
+"""``actors=ANY_ACTOR``: any actor may act for the subject, as long as the scopes are there."""
+
+Actors = frozenset[str] | AnyActor
+"""An action's delegation policy: the actors allowed to act for a subject, or any actor."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,17 +81,39 @@ class ActionSpec:
     module: str
     introspect: bool = False
     """Ask the issuer (RFC 7662) whether the token is still active before every run."""
+    actors: Actors = frozenset()
+    """Who may act for the token's subject (``act.sub``); empty: no delegation at all."""
+
+    def allows_actor(self, actor: str) -> bool:
+        """Whether a token whose current actor (``act.sub``) is ``actor`` may run this action."""
+        actors = self.actors
+        return isinstance(actors, AnyActor) or actor in actors
 
 
 _declared: dict[str, list[ActionSpec]] = {}
 """Specs by the module that declared them; read by :meth:`Registry.from_modules`."""
 
 
-def action(name: str, *, scopes: Iterable[str], introspect: bool = False) -> Callable[[H], H]:
+def action(
+    name: str,
+    *,
+    scopes: Iterable[str],
+    introspect: bool = False,
+    actors: Iterable[str] | AnyActor = (),
+) -> Callable[[H], H]:
     """Register ``handler`` as the action ``name``, runnable by tokens holding every scope.
 
     With ``introspect=True`` the issuer is asked, for every job, whether the token is still
     active (RFC 7662), on top of the revocation feed.
+
+    ``actors`` is the delegation policy (SPEC check 16) for tokens with an RFC 8693 ``act``
+    claim, that is tokens where someone acts for the subject: by default no one may, and a token
+    with ``act`` is denied ``delegation_not_allowed``. ``actors={"agent-x", ...}`` lets exactly
+    those ``act.sub`` values act; :data:`ANY_ACTOR` lets any actor. Only the current actor, the
+    top-level ``act.sub``, counts: a nested ``act`` names prior actors and is informational only
+    (RFC 8693 section 4.1), so ``actors={"agent-x"}`` denies a token acted on by ``agent-y``
+    even when ``agent-x`` appears further down its chain. A token without ``act`` is the subject
+    acting for itself and is not concerned.
     """
     if not isinstance(name, str) or not ACTION_NAME.fullmatch(name):
         raise ConfigurationError(f"action name {name!r} does not match {ACTION_NAME.pattern}")
@@ -81,6 +124,7 @@ def action(name: str, *, scopes: Iterable[str], introspect: bool = False) -> Cal
     required = frozenset(scopes)
     if any(not isinstance(s, str) or not s or " " in s for s in required):
         raise ConfigurationError(f"action {name!r}: every scope must be a non-empty word")
+    policy = _actors(name, actors)
 
     def register(handler: H) -> H:
         if not inspect.iscoroutinefunction(handler):
@@ -88,12 +132,31 @@ def action(name: str, *, scopes: Iterable[str], introspect: bool = False) -> Cal
                 f"action {name!r}: {handler.__qualname__} must be an async function"
             )
         spec = ActionSpec(
-            name, required, cast(Handler, handler), handler.__module__, introspect=introspect
+            name,
+            required,
+            cast(Handler, handler),
+            handler.__module__,
+            introspect=introspect,
+            actors=policy,
         )
         _declared.setdefault(spec.module, []).append(spec)
         return cast(H, handler)
 
     return register
+
+
+def _actors(name: str, actors: object) -> Actors:
+    if isinstance(actors, AnyActor):
+        return actors
+    if actors is None or isinstance(actors, str | bytes) or not isinstance(actors, Iterable):
+        raise ConfigurationError(
+            f"action {name!r}: actors must be a collection of actor names (act.sub values), "
+            "() for no delegation, or ANY_ACTOR"
+        )
+    listed = list(actors)
+    if any(not isinstance(a, str) or not a for a in listed):
+        raise ConfigurationError(f"action {name!r}: every actor must be a non-empty string")
+    return frozenset(cast(list[str], listed))
 
 
 class Registry:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -14,14 +15,23 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMess
 
 from . import names
 from .broker import copy_message, describe, publish_confirmed, retry_tier, to_delivery
-from .decision import Allowed, Delivery, Denied, Gate
+from .decision import Delivery, Denied, Gate
 from .errors import PublishFailed, Unavailable
 from .execution import run_action
+from .metrics import UNREGISTERED, Metrics
 from .outcomes import Again, DeadLetter, Defer, Done, Outcome
 from .record import denial_record, without_credentials
 from .settings import Settings
 
 log = logging.getLogger("warden.consumer")
+
+
+def _action_outcome(outcome: Outcome) -> str:
+    if isinstance(outcome, Done):
+        return "done"
+    if isinstance(outcome, DeadLetter):
+        return "rejected" if outcome.denied.denial.reason == "action_rejected" else "failed"
+    return "retry"
 
 
 def backoff(base: float, ceiling: float, step: int) -> float:
@@ -39,9 +49,12 @@ class Consumer:
         settings: Settings,
         publisher: AbstractChannel,
         *,
+        metrics: Metrics | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.gate = gate
+        self.metrics = metrics or Metrics()
+        self._allowed_level = logging.getLevelName(settings.log_allowed_level)
         self.settings = settings
         self._publisher = publisher
         self._now = now
@@ -64,13 +77,42 @@ class Consumer:
 
     async def outcome(self, delivery: Delivery) -> Outcome:
         """What should become of ``delivery``."""
+        metrics, queue = self.metrics, delivery.queue
+        started = time.perf_counter()
         try:
             verdict = await self.gate.decide(delivery)
         except Unavailable as exc:
+            metrics.decided(queue, "", "deferred", "", time.perf_counter() - started)
             return Defer(str(exc))
-        if isinstance(verdict, Allowed):
-            return await run_action(verdict, self.settings.max_attempts)
-        return DeadLetter(verdict)
+        elapsed = time.perf_counter() - started
+        if isinstance(verdict, Denied):
+            action = verdict.action or ""
+            if action and self.gate.registry.get(action) is None:
+                action = UNREGISTERED
+            metrics.decided(queue, action, "denied", verdict.denial.reason, elapsed)
+            return DeadLetter(verdict)
+        job = verdict.job
+        metrics.decided(queue, job.action, "allowed", "", elapsed)
+        if log.isEnabledFor(self._allowed_level):
+            log.log(
+                self._allowed_level,
+                "allowed",
+                extra={
+                    "message_id": job.id,
+                    "queue": queue,
+                    "action": job.action,
+                    "client_id": job.principal.client_id,
+                    "jti": job.principal.jti,
+                    "attempt": job.attempt,
+                    "traceparent": delivery.headers.get(names.HEADER_TRACEPARENT),
+                },
+            )
+        started = time.perf_counter()
+        outcome = await run_action(verdict, self.settings.max_attempts)
+        metrics.action_seconds.labels(queue, job.action, _action_outcome(outcome)).observe(
+            time.perf_counter() - started
+        )
+        return outcome
 
     async def settle(
         self, message: AbstractIncomingMessage, delivery: Delivery, outcome: Outcome
@@ -84,6 +126,7 @@ class Consumer:
                 try:
                     await self._dead_letter(message, delivery, denied)
                 except PublishFailed as exc:
+                    self.metrics.dead_letter_failures.labels(delivery.queue).inc()
                     log.error(
                         "dead letter not confirmed; returning the message to its queue",
                         extra={

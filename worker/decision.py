@@ -1,9 +1,12 @@
 """The decision: SPEC section 2's ordered checks over one message, free of any transport.
 
 :func:`read_job` and :func:`bearer_token` are checks 1 and 2; :mod:`worker.tokens` does 3 to 12;
-:class:`Gate` ties them to the key store and the action registry and adds 14 and 15. The result is
-an :class:`Allowed` or a :class:`Denied`; a verdict that cannot be reached raises
-:class:`~worker.errors.Unavailable`.
+:class:`Gate` ties them to the key store, the revocation list (13) and the action registry and adds
+14 (the action), 15 (scopes), 16 (delegation, :meth:`~worker.actions.ActionSpec.allows_actor`) and
+17 (proof of possession, :mod:`worker.proof`). The result is an :class:`Allowed` or a
+:class:`Denied`; a verdict that cannot be reached raises :class:`~worker.errors.Unavailable`.
+
+Checks 16 and 17 cost nothing for tokens without ``act`` or ``cnf``.
 """
 
 from __future__ import annotations
@@ -18,8 +21,18 @@ from typing import Any, Protocol
 from . import errors, strictjson
 from .actions import ACTION_NAME, ActionSpec, Job, Principal, Registry
 from .introspection import Introspector, is_opaque
-from .names import HEADER_AUTHORIZATION
-from .tokens import KeyLookup, TokenCheck, Trust, Verified, granted_scopes, shown, verify
+from .names import HEADER_AUTHORIZATION, HEADER_PROOF
+from .proof import check_proof
+from .tokens import (
+    KeyLookup,
+    TokenCheck,
+    Trust,
+    Verified,
+    actor_chain,
+    granted_scopes,
+    shown,
+    verify,
+)
 
 _BEARER = re.compile(r"^[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9._~+/-]+=*) *$")
 _JSON_TYPES = ("application/json",)
@@ -145,7 +158,7 @@ def bearer_token(headers: Mapping[str, Any]) -> str:
 def principal(claims: Mapping[str, Any], issuer: str) -> Principal:
     """Who a verified token speaks for."""
     exp = claims.get("exp")
-    act = claims.get("act")
+    actors = actor_chain(claims) if "act" in claims else ()
     return Principal(
         sub=claims.get("sub", ""),
         client_id=claims.get("client_id"),
@@ -153,12 +166,25 @@ def principal(claims: Mapping[str, Any], issuer: str) -> Principal:
         issuer=issuer,
         jti=claims.get("jti"),
         expires_at=datetime.fromtimestamp(exp, UTC) if isinstance(exp, int) else None,
-        actor=act.get("sub") if isinstance(act, dict) else None,
+        actor=actors[0] if actors else None,
+        actor_chain=actors,
     )
 
 
+def _delegation_detail(spec: ActionSpec, who: Principal) -> str:
+    """Why check 16 failed: the current actor, and the prior ones the token names."""
+    if not spec.actors:
+        detail = f"action {spec.name!r} allows no delegation, and actor {shown(who.actor)} acts"
+    else:
+        detail = f"actor {shown(who.actor)} may not act on action {spec.name!r}"
+    detail += f" for subject {shown(who.sub)}"
+    if len(who.actor_chain) > 1:
+        detail += " (prior actors: " + shown(list(who.actor_chain[1:]), 120) + ")"
+    return detail
+
+
 class Gate:
-    """Decides messages: checks 1 to 15 of SPEC section 2."""
+    """Decides messages: checks 1 to 17 of SPEC section 2."""
 
     def __init__(
         self,
@@ -211,6 +237,21 @@ class Gate:
                 raise errors.ScopeInsufficient(
                     f"action {spec.name!r} requires scopes missing from the token: "
                     + " ".join(sorted(lacking))
+                )
+            if who.actor is not None and not spec.allows_actor(who.actor):
+                raise errors.DelegationNotAllowed(_delegation_detail(spec, who))
+            if "cnf" in verified.claims:
+                check_proof(
+                    verified.claims,
+                    check.raw,
+                    delivery.headers.get(HEADER_PROOF),
+                    message_id=delivery.message_id or "",
+                    action=request.action,
+                    queue=delivery.queue,
+                    body=delivery.body,
+                    algorithms=verified.policy.algorithms,
+                    leeway=self.trust.leeway,
+                    now=self.clock(),
                 )
         except errors.Denial as denial:
             return Denied(denial, action, check)

@@ -260,6 +260,14 @@ class Keyring:
         keys = self._issuers.get(issuer)
         return None if keys is None else keys.fetched_at
 
+    def unloaded(self) -> list[str]:
+        """Issuers of which no key was ever fetched."""
+        return [issuer for issuer, keys in self._issuers.items() if not keys.loaded]
+
+    def fetch_counts(self) -> list[tuple[str, int, int]]:
+        """``(issuer, fetches, failed fetches)`` of every issuer."""
+        return [(issuer, k.fetches, k.failures) for issuer, k in self._issuers.items()]
+
     def all_loaded(self) -> bool:
         """Whether every issuer has keys."""
         return all(keys.loaded for keys in self._issuers.values())

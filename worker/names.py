@@ -7,6 +7,7 @@ REVOCATION_STREAM = "warden.revocations"
 
 HEADER_AUTHORIZATION = "authorization"
 HEADER_TRACEPARENT = "traceparent"
+HEADER_PROOF = "x-warden-proof"
 HEADER_REASON = "x-warden-reason"
 HEADER_DENIAL = "x-warden-denial"
 HEADER_DEFERRALS = "x-warden-deferrals"

@@ -14,6 +14,7 @@ from aio_pika.abc import DeliveryMode
 
 from . import names
 from .broker import publish_confirmed
+from .proof import ProofKey
 
 WINDOW = 256
 """Publishes awaiting their confirm at once: confirms are awaited in batches, not one by one."""
@@ -26,15 +27,30 @@ def job_message(
     *,
     message_id: str | None = None,
     headers: Mapping[str, Any] | None = None,
+    proof_key: ProofKey | None = None,
+    queue: str | None = None,
 ) -> aio_pika.Message:
-    """A persistent job message (SPEC section 1) carrying ``token`` as a Bearer credential."""
+    """A persistent job message (SPEC section 1) carrying ``token`` as a Bearer credential.
+
+    With ``proof_key`` (the key the token is bound to by ``cnf.jkt``) the message also carries
+    the ``x-warden-proof`` of SPEC section 8, for ``queue``, the queue it is published to.
+    """
+    body = _body(action, payload)
+    mid = message_id or str(uuid.uuid4())
+    extra: dict[str, Any] = {names.HEADER_AUTHORIZATION: f"Bearer {token}"}
+    if proof_key is not None:
+        if not queue:
+            raise ValueError("a proof is signed for one queue: pass queue= with proof_key=")
+        extra[names.HEADER_PROOF] = proof_key.sign(
+            token=token, message_id=mid, action=action, queue=queue, body=body
+        )
     return aio_pika.Message(
-        body=_body(action, payload),
+        body=body,
         content_type="application/json",
         delivery_mode=DeliveryMode.PERSISTENT,
-        message_id=message_id or str(uuid.uuid4()),
+        message_id=mid,
         timestamp=datetime.now(UTC),
-        headers={**(headers or {}), names.HEADER_AUTHORIZATION: f"Bearer {token}"},
+        headers={**(headers or {}), **extra},
     )
 
 
@@ -51,8 +67,13 @@ async def publish_jobs(
     *,
     count: int = 1,
     message_id: str | None = None,
+    proof_key: ProofKey | None = None,
 ) -> list[str]:
-    """Publish ``count`` jobs to ``queue``; return their message ids once all are confirmed."""
+    """Publish ``count`` jobs to ``queue``; return their message ids once all are confirmed.
+
+    With ``proof_key`` each job carries its own proof of possession (``x-warden-proof``) of the
+    key that ``token`` is bound to (``warden publish --proof-key``).
+    """
     ids = [message_id] if message_id and count == 1 else [str(uuid.uuid4()) for _ in range(count)]
     connection = await aio_pika.connect(broker_url)
     async with connection:
@@ -62,7 +83,16 @@ async def publish_jobs(
             await asyncio.gather(
                 *(
                     publish_confirmed(
-                        exchange, job_message(action, payload, token, message_id=mid), queue
+                        exchange,
+                        job_message(
+                            action,
+                            payload,
+                            token,
+                            message_id=mid,
+                            proof_key=proof_key,
+                            queue=queue,
+                        ),
+                        queue,
                     )
                     for mid in ids[start : start + WINDOW]
                 )

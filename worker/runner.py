@@ -12,16 +12,26 @@ from functools import partial
 from typing import Any
 
 import aio_pika
+import aiormq
 import httpx
 from aio_pika.abc import AbstractRobustConnection
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    wait_exponential,
+    wait_random,
+)
 
 from .actions import Registry
-from .broker import declare_topology
+from .broker import declare_topology, describe
 from .consumer import Consumer
 from .decision import Gate
 from .feed import RevocationFeed, declare_stream
+from .health import Check, HealthServer
 from .introspection import Introspector
 from .keys import Keyring
+from .metrics import Metrics, StateCollector
 from .revocation import RevocationList
 from .settings import Settings
 from .tokens import IssuerPolicy, Trust
@@ -68,6 +78,28 @@ def build_introspector(
     )
 
 
+def _log_retry(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome else None
+    log.warning(
+        "broker unreachable; retrying",
+        extra={"attempt": state.attempt_number, "error": describe(error) if error else None},
+    )
+
+
+async def connect(url: str, worker_id: str) -> AbstractRobustConnection:
+    """A robust connection; until the broker first answers, keep trying with backoff."""
+    async for attempt in AsyncRetrying(
+        wait=wait_exponential(multiplier=0.5, max=15) + wait_random(0, 0.5),
+        retry=retry_if_exception_type((OSError, aiormq.exceptions.AMQPConnectionError)),
+        before_sleep=_log_retry,
+    ):
+        with attempt:
+            return await aio_pika.connect_robust(
+                url, client_properties={"connection_name": f"warden {worker_id}"}
+            )
+    raise AssertionError("unreachable: the retry loop only ends by returning or raising")
+
+
 async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
     """Wait until the first of ``waits`` is done; cancel the others."""
     tasks = [asyncio.ensure_future(w) for w in waits]
@@ -88,9 +120,55 @@ class Worker:
     """Set once the worker consumes from every queue."""
     keyring: Keyring | None = None
     feed: RevocationFeed | None = None
+    connection: AbstractRobustConnection | None = None
+    consumer: Consumer | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    http: HealthServer | None = None
+
+    def __post_init__(self) -> None:
+        self.metrics.watch(
+            StateCollector(
+                in_flight=lambda: len(self.consumer.in_flight) if self.consumer else 0,
+                revocation_entries=lambda: len(self.feed.revocations) if self.feed else 0,
+                jwks=lambda: iter(self.keyring.fetch_counts() if self.keyring else ()),
+            )
+        )
+
+    def readiness(self) -> dict[str, Check]:
+        """What ``/readyz`` requires: each check says why it is not met, or None."""
+
+        def broker() -> str | None:
+            if self.connection is None or self.connection.is_closed:
+                return "not connected to the broker"
+            return None
+
+        def keys() -> str | None:
+            missing = self.keyring.unloaded() if self.keyring else ["every issuer"]
+            return f"no keys yet for {', '.join(missing)}" if missing else None
+
+        def revocations() -> str | None:
+            return (
+                None
+                if self.feed and self.feed.fresh()
+                else (self.feed.why_stale() if self.feed else "the revocation feed is not started")
+            )
+
+        def consuming() -> str | None:
+            return None if self.ready.is_set() else "not consuming"
+
+        return {"broker": broker, "keys": keys, "revocations": revocations, "consuming": consuming}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then let in-flight messages finish and close."""
+        self.http = HealthServer(self.metrics.registry, self.readiness(), self.settings.http_port)
+        log.info("serving /metrics, /healthz and /readyz", extra={"port": self.http.port})
+        try:
+            await self._run(stop)
+        finally:
+            self.ready.clear()
+            self.http.close()
+
+    async def _run(self, stop: asyncio.Event) -> None:
         settings = self.settings
         url = settings.broker_url.get_secret_value()
         async with httpx.AsyncClient(timeout=settings.jwks_timeout_seconds) as http:
@@ -107,9 +185,7 @@ class Worker:
                 revocations=feed,
                 introspector=build_introspector(settings, trust, http),
             )
-            connection = await aio_pika.connect_robust(
-                url, client_properties={"connection_name": f"warden {settings.worker_id}"}
-            )
+            connection = self.connection = await connect(url, settings.worker_id)
             async with connection, asyncio.TaskGroup() as background:
                 tasks = [background.create_task(keyring.refresh_forever())]
                 try:
@@ -142,7 +218,7 @@ class Worker:
         if stop.is_set():
             return
 
-        consumer = Consumer(gate, settings, publisher)
+        consumer = self.consumer = Consumer(gate, settings, publisher, metrics=self.metrics)
         tags = {
             name: await queue.consume(partial(consumer.on_message, name))
             for name, queue in queues.items()
@@ -158,6 +234,7 @@ class Worker:
         )
         self.ready.set()
         await stop.wait()
+        self.ready.clear()
 
         log.info("stopping: no new messages; waiting for those in flight")
         for name, tag in tags.items():

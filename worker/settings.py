@@ -83,9 +83,29 @@ class BrokerSettings(BaseSettings):
 
     broker_url: SecretStr = SecretStr("amqp://guest:guest@localhost:5672/")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_allowed_level: Literal["DEBUG", "INFO"] = "DEBUG"
     revocation_retention: Annotated[str, Field(pattern=r"^[1-9][0-9]*(Y|M|D|h|m|s)$")] = "24h"
+    queues: Annotated[tuple[str, ...], NoDecode] = ("jobs",)
 
-    @field_validator("log_level", mode="before")
+    @field_validator("queues", mode="before")
+    @classmethod
+    def _queue_list(cls, value: object) -> object:
+        return _split(value)
+
+    @field_validator("queues")
+    @classmethod
+    def _queues(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one queue is needed")
+        for name in value:
+            if not _QUEUE_NAME.fullmatch(name) or name.endswith(".dlq"):
+                raise ValueError(
+                    f"{name!r} is not a usable queue name (letters, digits, _ . : -, "
+                    "not starting with a dot, not ending in .dlq)"
+                )
+        return value
+
+    @field_validator("log_level", "log_allowed_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
@@ -94,7 +114,6 @@ class BrokerSettings(BaseSettings):
 class Settings(BrokerSettings):
     """Everything a worker needs to know, read once at start-up."""
 
-    queues: Annotated[tuple[str, ...], NoDecode] = ("jobs",)
     actions: Annotated[tuple[str, ...], NoDecode] = ()
     issuer: str | None = None
     jwks_url: AnyHttpUrl | None = None
@@ -104,6 +123,7 @@ class Settings(BrokerSettings):
     leeway_seconds: Annotated[int, Field(ge=0, le=3600)] = 30
     prefetch: Annotated[int, Field(ge=1, le=65535)] = 64
     http_port: Annotated[int, Field(ge=0, le=65535)] = 9100
+    """0 picks a free port (the worker logs which)."""
     max_token_bytes: Annotated[int, Field(ge=256, le=65536)] = 8192
     delivery_limit: Annotated[int, Field(ge=1)] = 5
     max_attempts: Annotated[int, Field(ge=1)] = 5
@@ -121,23 +141,10 @@ class Settings(BrokerSettings):
     defer_max_seconds: Annotated[float, Field(gt=0)] = 30.0
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
 
-    @field_validator("queues", "actions", "algorithms", mode="before")
+    @field_validator("actions", "algorithms", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split(value)
-
-    @field_validator("queues")
-    @classmethod
-    def _queues(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if not value:
-            raise ValueError("at least one queue is needed")
-        for name in value:
-            if not _QUEUE_NAME.fullmatch(name) or name.endswith(".dlq"):
-                raise ValueError(
-                    f"{name!r} is not a usable queue name (letters, digits, _ . : -, "
-                    "not starting with a dot, not ending in .dlq)"
-                )
-        return value
 
     @field_validator("algorithms")
     @classmethod

@@ -22,11 +22,12 @@ from . import errors, strictjson
 from .settings import ACCESS_TOKEN_TYPES, IssuerSettings
 
 _SEGMENT = re.compile(rb"^[A-Za-z0-9_-]*$")
-_VERIFIERS: dict[str, Algorithm] = {
+VERIFIERS: dict[str, Algorithm] = {
     name: algorithm
     for name, algorithm in get_default_algorithms().items()
     if name != "none" and not name.startswith("HS")
 }
+"""pyjwt's asymmetric algorithms by ``alg``: ``none`` and ``HS*`` are not there to be chosen."""
 
 # Which key an algorithm may be used with: (kty, crv or None).
 _KEY_FIT: dict[str, tuple[str, frozenset[str | None]]] = {
@@ -40,6 +41,16 @@ _KEY_FIT: dict[str, tuple[str, frozenset[str | None]]] = {
 
 SUMMARY_CLAIMS = ("iss", "sub", "client_id", "jti", "exp", "scope", "act")
 """Claims a denial record may carry about its token (SPEC section 3)."""
+
+MAX_ACTORS = 32
+"""The longest ``act`` chain (RFC 8693 section 4.1) a token may carry; a longer one is malformed.
+
+Nested actors are informational only, but they are copied into a job's principal and into a
+dead letter's header table, whose nesting the broker and its clients bound.
+"""
+
+NESTED_TYPES = frozenset({"jwt", "application/jwt"})
+"""``cty`` values that announce a nested JWT (RFC 7519 section 5.2): never an access token."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,10 +140,17 @@ class TokenCheck:
         return "sha256:" + hashlib.sha256(self.raw.encode("ascii", "replace")).hexdigest()
 
     def summary(self) -> dict[str, Any]:
-        """The denial record's ``token`` member: never the token itself."""
+        """The denial record's ``token`` member: never the token itself.
+
+        ``act`` is reduced to its chain of ``sub`` values: what else an actor object holds is
+        the token's (possibly unverified) say, and need not fit an AMQP header table.
+        """
         out: dict[str, Any] = {"fingerprint": self.fingerprint(), "verified": self.verified}
-        if self.claims is not None:
-            out.update((k, self.claims[k]) for k in SUMMARY_CLAIMS if k in self.claims)
+        claims = self.claims
+        if claims is not None:
+            out.update((k, claims[k]) for k in SUMMARY_CLAIMS if k in claims and k != "act")
+            if "act" in claims:
+                out["act"] = actor_claim(actor_chain(claims))
         return out
 
 
@@ -142,24 +160,50 @@ def shown(value: object, limit: int = 64) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _segment(data: bytes, what: str) -> bytes:
+def actor_chain(claims: Mapping[str, Any]) -> tuple[str, ...]:
+    """``act.sub``, then the ``sub`` of each nested ``act``: the current actor first.
+
+    Only the first governs (RFC 8693 section 4.1); the others are prior actors, for the record.
+    Assumes the claims passed :func:`check_claim_types`.
+    """
+    chain: list[str] = []
+    act = claims.get("act")
+    while isinstance(act, dict):
+        chain.append(act["sub"])
+        act = act.get("act")
+    return tuple(chain)
+
+
+def actor_claim(chain: tuple[str, ...]) -> dict[str, Any] | None:
+    """The ``act`` claim of an actor chain, with nothing but each actor's ``sub``."""
+    act: dict[str, Any] | None = None
+    for sub in reversed(chain):
+        act = {"sub": sub} if act is None else {"sub": sub, "act": act}
+    return act
+
+
+def decode_segment(
+    data: bytes, what: str, error: type[errors.Denial] = errors.TokenMalformed
+) -> bytes:
+    """One base64url segment of a compact JWS, unpadded as RFC 7515 has it; ``error`` if not."""
     if not _SEGMENT.fullmatch(data) or len(data) % 4 == 1:
-        raise errors.TokenMalformed(f"the {what} is not base64url")
+        raise error(f"the {what} is not base64url")
     try:
         return urlsafe_b64decode(data + b"=" * (-len(data) % 4))
     except (binascii.Error, ValueError):
-        raise errors.TokenMalformed(f"the {what} is not base64url") from None
+        raise error(f"the {what} is not base64url") from None
 
 
-def _json_object(data: bytes, what: str) -> dict[str, Any]:
+def json_object(
+    data: bytes, what: str, error: type[errors.Denial] = errors.TokenMalformed
+) -> dict[str, Any]:
+    """A strict JSON object (:mod:`worker.strictjson`); ``error`` for anything else."""
     try:
         value = strictjson.loads(data)
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise errors.TokenMalformed(
-            f"the {what} is not a JSON object without duplicate members"
-        ) from None
+        raise error(f"the {what} is not a JSON object without duplicate members") from None
     if not isinstance(value, dict):
-        raise errors.TokenMalformed(f"the {what} is not a JSON object")
+        raise error(f"the {what} is not a JSON object")
     return value
 
 
@@ -175,6 +219,21 @@ def _is_str_list(value: object) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
+def _is_actor(value: object) -> bool:
+    """An RFC 8693 ``act``: an object with a string ``sub``, whose ``act``, if any, is one too."""
+    for _ in range(MAX_ACTORS):
+        if not isinstance(value, dict) or not isinstance(value.get("sub"), str):
+            return False
+        if "act" not in value:
+            return True
+        value = value["act"]
+    return False
+
+
+def _is_confirmation(value: object) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("jkt", ""), str)
+
+
 _CLAIM_TYPES: dict[str, tuple[str, Any]] = {
     "iss": ("a string", lambda v: isinstance(v, str)),
     "sub": ("a string", lambda v: isinstance(v, str)),
@@ -186,17 +245,15 @@ _CLAIM_TYPES: dict[str, tuple[str, Any]] = {
     "aud": ("a string or an array of strings", lambda v: isinstance(v, str) or _is_str_list(v)),
     "scope": ("a space-delimited string", lambda v: isinstance(v, str)),
     "scp": ("a string or an array of strings", lambda v: isinstance(v, str) or _is_str_list(v)),
-    "act": (
-        "an object with a string sub",
-        lambda v: isinstance(v, dict) and isinstance(v.get("sub"), str),
-    ),
-    "cnf": ("an object", lambda v: isinstance(v, dict)),
+    "act": (f"an object with a string sub, nesting at most {MAX_ACTORS} actors", _is_actor),
+    "cnf": ("an object whose jkt, if any, is a string", _is_confirmation),
 }
 _HEADER_TYPES: dict[str, tuple[str, Any]] = {
     "alg": ("a string", lambda v: isinstance(v, str)),
     "kid": ("a string", lambda v: isinstance(v, str)),
     "typ": ("a string", lambda v: isinstance(v, str)),
     "crit": ("an array of strings", _is_str_list),
+    "cty": ("a string", lambda v: isinstance(v, str)),
 }
 
 
@@ -223,13 +280,13 @@ def parse(check: TokenCheck, max_bytes: int) -> tuple[dict[str, Any], dict[str, 
     if len(parts) != 3:
         kind = "a JWE" if len(parts) == 5 else f"{len(parts)} segments"
         raise errors.TokenMalformed(f"the token is {kind}, not a compact JWS of 3 segments")
-    header = _json_object(_segment(parts[0], "header"), "header")
+    header = json_object(decode_segment(parts[0], "header"), "header")
     _check_types(header, _HEADER_TYPES, "header member")
     check.header = header
-    claims = _json_object(_segment(parts[1], "payload"), "payload")
+    claims = json_object(decode_segment(parts[1], "payload"), "payload")
     check_claim_types(claims)
     check.claims = claims
-    signature = _segment(parts[2], "signature")
+    signature = decode_segment(parts[2], "signature")
     return header, claims, parts[0] + b"." + parts[1], signature
 
 
@@ -242,7 +299,7 @@ def verify(check: TokenCheck, trust: Trust, keys: KeyLookup, now: float) -> Veri
     # 4: the algorithm comes from configuration; the header only names which one was used.
     alg = header.get("alg")
     allowed = policy.algorithms if policy else trust.any_algorithm
-    if alg not in allowed or alg not in _VERIFIERS:
+    if alg not in allowed or alg not in VERIFIERS:
         raise errors.AlgorithmNotAllowed(f"alg {shown(alg)} is not allowed")
 
     # 5: an access token, not an ID token or another JWT; no extension we do not understand.
@@ -254,6 +311,9 @@ def verify(check: TokenCheck, trust: Trust, keys: KeyLookup, now: float) -> Veri
         raise errors.TokenTypeInvalid(
             f"crit {shown(header['crit'])} names an extension warden does not understand"
         )
+    cty = header.get("cty")
+    if cty is not None and cty.lower() in NESTED_TYPES:
+        raise errors.TokenTypeInvalid(f"cty {shown(cty)} announces a nested JWT")
 
     # 6
     if policy is None:
@@ -273,7 +333,7 @@ def verify(check: TokenCheck, trust: Trust, keys: KeyLookup, now: float) -> Veri
         raise errors.AlgorithmNotAllowed(f"alg {alg!r} does not fit key {shown(kid)} ({key.kty})")
 
     # 8
-    if not _VERIFIERS[alg].verify(signing_input, key.key, signature):
+    if not VERIFIERS[alg].verify(signing_input, key.key, signature):
         raise errors.SignatureInvalid("the signature does not verify")
     check.verified = True
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from worker import Job, Reject, Retry, action
+from worker import ANY_ACTOR, Job, Reject, Retry, action
 
 
 class Recorder:
@@ -47,6 +47,18 @@ async def generate(job: Job) -> None:
 
 @action("reports.read", scopes={"reports:read"})
 async def read(job: Job) -> None:
+    ran.record(job)
+
+
+@action("reports.delegated", scopes={"reports:write"}, actors={"agent-x"})
+async def delegated(job: Job) -> None:
+    """Runs for the subject itself, or with ``agent-x`` as the current actor."""
+    ran.record(job)
+
+
+@action("reports.any_actor", scopes={"reports:write"}, actors=ANY_ACTOR)
+async def any_actor(job: Job) -> None:
+    """Runs whoever acts for the subject."""
     ran.record(job)
 
 

@@ -1,6 +1,7 @@
 """A test-only authorization server: signing keys, token minting and a JWKS endpoint.
 
-Nothing under ``worker/`` can sign a token; everything that does lives here.
+Nothing under ``worker/`` can sign a token; everything that does lives here, and every token made
+here is remembered (:func:`tests.support.leaks.minted`) so that no output of the run may show it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import threading
 import time
 import uuid
+from base64 import urlsafe_b64encode
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,14 +20,15 @@ from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm, get_default_algorithms
+
+from tests.support.leaks import minted
 
 AUDIENCE = "https://warden.test/jobs"
 
 
-def _b64(data: bytes) -> str:
-    from base64 import urlsafe_b64encode
-
+def b64(data: bytes) -> str:
+    """base64url without padding, as JOSE writes it."""
     return urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
@@ -121,8 +124,10 @@ class Issuer:
         """A signed access token (``typ: at+jwt``) with default claims and ``claims`` over them."""
         key = key or self.key
         headers = {"typ": "at+jwt", "kid": key.kid, **(header or {})}
-        return jwt.encode(
-            self.claims(**claims), key.private, algorithm=alg or key.alg, headers=headers
+        return minted(
+            jwt.encode(
+                self.claims(**claims), key.private, algorithm=alg or key.alg, headers=headers
+            )
         )
 
 
@@ -132,13 +137,28 @@ DROP = object()
 
 def unsigned(header: dict[str, Any], claims: dict[str, Any], signature: bytes = b"") -> str:
     """A compact JWS assembled by hand, for tokens no library would sign."""
-    return ".".join(
-        (
-            _b64(json.dumps(header).encode()),
-            _b64(json.dumps(claims).encode()),
-            _b64(signature),
+    return minted(
+        ".".join(
+            (
+                b64(json.dumps(header).encode()),
+                b64(json.dumps(claims).encode()),
+                b64(signature),
+            )
         )
     )
+
+
+def encoded(value: Any) -> bytes:
+    """JSON of ``value``, or ``value`` itself when it is already bytes (JSON no encoder writes)."""
+    return value if isinstance(value, bytes) else json.dumps(value).encode()
+
+
+def sign(header: Any, claims: Any, key: SigningKey, alg: str | None = None) -> str:
+    """A compact JWS over exactly these header and claims (dicts, or raw JSON as bytes), signed
+    with ``key`` by ``alg`` (default: the key's own) whatever the header says."""
+    signing_input = f"{b64(encoded(header))}.{b64(encoded(claims))}"
+    signature = get_default_algorithms()[alg or key.alg].sign(signing_input.encode(), key.private)
+    return minted(f"{signing_input}.{b64(signature)}")
 
 
 class JwksServer:

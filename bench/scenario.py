@@ -1,0 +1,160 @@
+"""One benchmark scenario in a process of its own: consume N messages already waiting in a
+queue, then print one JSON line with the rate, the decision latency and the peak RSS.
+
+Run by ``bench/run.py``; not meant to be started by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aio_pika
+
+ARGS = json.loads(sys.argv[1])
+N: int = ARGS["messages"]
+QUEUE: str = ARGS["queue"]
+PREFETCH: int = ARGS["prefetch"]
+URL: str = ARGS["broker_url"]
+
+
+class Clock:
+    """Counts settled messages; knows when the first came and the last was settled."""
+
+    def __init__(self) -> None:
+        self.first: float | None = None
+        self.last = 0.0
+        self.settled = 0
+        self.done = asyncio.Event()
+        self.decisions: list[float] = []
+
+    def started(self) -> None:
+        if self.first is None:
+            self.first = time.perf_counter()
+
+    def one_settled(self) -> None:
+        self.settled += 1
+        if self.settled >= N:
+            self.last = time.perf_counter()
+            self.done.set()
+
+    def result(self) -> dict[str, Any]:
+        assert self.first is not None
+        elapsed = self.last - self.first
+        latencies = sorted(self.decisions)
+
+        def pct(p: float) -> float | None:
+            if not latencies:
+                return None
+            return latencies[min(int(len(latencies) * p), len(latencies) - 1)] * 1e6
+
+        return {
+            "messages": self.settled,
+            "seconds": elapsed,
+            "rate": self.settled / elapsed,
+            "decision_p50_us": pct(0.50),
+            "decision_p99_us": pct(0.99),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+
+
+async def baseline(clock: Clock) -> None:
+    """A bare aio-pika consume-and-ack loop."""
+    connection = await aio_pika.connect_robust(URL)
+    async with connection:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=PREFETCH)
+        queue = await channel.get_queue(QUEUE, ensure=False)
+
+        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            clock.started()
+            await message.ack()
+            clock.one_settled()
+
+        await queue.consume(on_message)
+        await clock.done.wait()
+
+
+async def warden(clock: Clock) -> None:
+    """warden's worker, with the decision timed and settlements counted."""
+    from worker.actions import Registry
+    from worker.consumer import Consumer
+    from worker.decision import Gate
+    from worker.runner import Worker
+    from worker.settings import Settings
+
+    decide = Gate.decide
+
+    async def timed_decide(self: Gate, delivery: Any) -> Any:
+        clock.started()
+        started = time.perf_counter()
+        try:
+            return await decide(self, delivery)
+        finally:
+            clock.decisions.append(time.perf_counter() - started)
+
+    settle = Consumer.settle
+
+    async def counted_settle(self: Consumer, *args: Any) -> None:
+        await settle(self, *args)
+        clock.one_settled()
+
+    Gate.decide = timed_decide  # type: ignore[method-assign]
+    Consumer.settle = counted_settle  # type: ignore[method-assign]
+    settings = Settings(
+        broker_url=URL,
+        queues=(QUEUE,),
+        issuer=ARGS["issuer"],
+        jwks_url=ARGS["jwks_url"],
+        audience=ARGS["audience"],
+        prefetch=PREFETCH,
+        http_port=0,
+        worker_id="bench",
+        log_level="WARNING",
+    )
+    stop = asyncio.Event()
+    worker = Worker(settings, Registry.from_modules(["bench.actions"]))
+    task = asyncio.create_task(worker.run(stop))
+    await clock.done.wait()
+    stop.set()
+    await task
+
+
+async def faststream(clock: Clock) -> None:
+    """A peer: a FastStream subscriber doing the same checks with PyJWT in a middleware."""
+    from bench.peer import serve
+
+    await serve(ARGS, clock)
+
+
+KINDS: dict[str, Callable[[Clock], Any]] = {
+    "baseline": baseline,
+    "warden": warden,
+    "faststream": faststream,
+}
+
+
+def main() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    clock = Clock()
+    profile = ARGS.get("profile")
+    if profile:
+        import cProfile
+
+        cProfile.runctx("asyncio.run(KINDS[ARGS['kind']](clock))", globals(), locals(), profile)
+    else:
+        asyncio.run(KINDS[ARGS["kind"]](clock))
+    print(json.dumps(clock.result()), flush=True)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,792 @@
+"""Deployment files checked offline: the Dockerfile, compose.yaml, and deploy/kubernetes/.
+
+- ``compose.yaml`` against the Compose Specification's JSON Schema (the copy that
+  check-jsonschema ships as ``vendor.compose-spec``);
+- the Kubernetes manifests against the Kubernetes API's JSON Schemas (kubernetes-validate, strict:
+  an unknown field is an error), and KEDA's resources against the schema of KEDA's CRDs as
+  generated into the ``cloudcoil.models.keda`` models (made strict the same way);
+- every ``WARDEN_*`` variable the files set is one that warden reads, and the values load;
+- the image's command and health check are the real CLI and the real endpoint.
+
+No Docker and no cluster needed.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.resources
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import threading
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import click
+import kubernetes_validate
+import pytest
+import yaml
+from jsonschema import Draft202012Validator
+from kubernetes_validate.utils import latest_version
+from pydantic import SecretStr
+
+from worker.actions import Registry
+from worker.cli import main as cli
+from worker.settings import ENV_PREFIX, BrokerSettings, Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = ROOT / "Dockerfile"
+COMPOSE = ROOT / "compose.yaml"
+DEMO = ROOT / "deploy" / "compose" / "demo.sh"
+REALM = ROOT / "deploy" / "compose" / "warden-realm.json"
+KUBERNETES = ROOT / "deploy" / "kubernetes"
+
+KUBERNETES_VERSIONS = ("1.30", latest_version())
+"""The oldest Kubernetes the manifests promise to fit, and the newest schemas at hand."""
+
+
+@pytest.fixture(autouse=True)
+def _no_warden_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the variables the files set count, never the caller's."""
+    for name in list(os.environ):
+        if name.upper().startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
+
+
+# --- what warden reads ------------------------------------------------------------------------
+
+
+def settings_variables() -> set[str]:
+    """Every variable the worker's settings read (Settings extends BrokerSettings)."""
+    fields = {*Settings.model_fields, *BrokerSettings.model_fields}
+    return {f"{ENV_PREFIX}{name.upper()}" for name in fields}
+
+
+def secret_variables() -> set[str]:
+    """The settings that hold credentials (typed SecretStr)."""
+    return {
+        f"{ENV_PREFIX}{name.upper()}"
+        for name, field in Settings.model_fields.items()
+        if SecretStr in (field.annotation, *getattr(field.annotation, "__args__", ()))
+    }
+
+
+def _commands(group: click.Command) -> Iterator[click.Command]:
+    yield group
+    if isinstance(group, click.Group):
+        for command in group.commands.values():
+            yield from _commands(command)
+
+
+def cli_variables() -> set[str]:
+    """``WARDEN_*`` variables the command line reads for its options (``WARDEN_TOKEN``, ...)."""
+    found: set[str] = set()
+    for command in _commands(cli):
+        for param in command.params:
+            envvar = getattr(param, "envvar", None)
+            if isinstance(envvar, str):
+                found.add(envvar)
+            elif envvar:
+                found.update(envvar)
+    return {name for name in found if name.startswith(ENV_PREFIX)}
+
+
+def _load_environment(monkeypatch: pytest.MonkeyPatch, environment: dict[str, str]) -> Settings:
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    return load_settings(Settings)
+
+
+# --- Compose ----------------------------------------------------------------------------------
+
+_INTERPOLATION = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}")
+
+
+def _interpolate(node: Any) -> Any:
+    """Compose's interpolation, every variable unset: ``${X:-default}`` is the default."""
+    if isinstance(node, dict):
+        return {key: _interpolate(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(item) for item in node]
+    if not isinstance(node, str):
+        return node
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, operator, word = match.groups()
+        if operator in (":-", "-"):
+            return word
+        if operator in (":?", "?"):
+            raise AssertionError(f"compose.yaml requires ${name} to be set: {word}")
+        return ""
+
+    return _INTERPOLATION.sub(replace, node)
+
+
+def compose() -> dict[str, Any]:
+    """compose.yaml as ``docker compose config`` would see it with no variable set."""
+    loaded: dict[str, Any] = _interpolate(yaml.safe_load(COMPOSE.read_text(encoding="utf-8")))
+    return loaded
+
+
+def environment_of(service: dict[str, Any]) -> dict[str, str]:
+    """A service's ``environment``, whichever of the two forms it uses."""
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        return dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {key: "" if value is None else str(value) for key, value in env.items()}
+
+
+def seconds(duration: str | int | float) -> float:
+    """A Compose duration (``1m30s``, ``45s``, ``500ms``) in seconds."""
+    if isinstance(duration, int | float):
+        return float(duration)
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|us|m|s)", duration)
+    assert parts, f"not a duration: {duration}"
+    assert "".join(n + u for n, u in parts) == duration, f"not a duration: {duration}"
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+def compose_spec_schema() -> dict[str, Any]:
+    resource = importlib.resources.files("check_jsonschema.builtin_schemas.vendor")
+    schema: dict[str, Any] = json.loads(
+        resource.joinpath("compose-spec.json").read_text(encoding="utf-8")
+    )
+    return schema
+
+
+def test_compose_file_is_valid_against_the_compose_specification() -> None:
+    schema = compose_spec_schema()
+    Draft202012Validator.check_schema(schema)
+    errors = sorted(
+        Draft202012Validator(schema).iter_errors(compose()), key=lambda e: list(e.absolute_path)
+    )
+    assert not errors, "\n".join(
+        f"{'.'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}" for e in errors
+    )
+
+
+def test_the_compose_schema_does_refuse_a_wrong_file() -> None:
+    """The schema is strict enough to matter: a misspelt service key is an error."""
+    bad = compose()
+    bad["services"]["worker"]["stop_grace_periode"] = "45s"
+    assert list(Draft202012Validator(compose_spec_schema()).iter_errors(bad))
+
+
+def test_every_warden_variable_in_compose_is_one_warden_reads() -> None:
+    known = settings_variables() | cli_variables()
+    unknown = {
+        f"{name} (service {service_name})"
+        for service_name, service in compose()["services"].items()
+        for name in environment_of(service)
+        if name.upper().startswith(ENV_PREFIX) and name not in known
+    }
+    assert not unknown, f"not read by warden: {sorted(unknown)}"
+
+
+def test_the_compose_worker_environment_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    services = compose()["services"]
+    worker = environment_of(services["worker"])
+    settings = _load_environment(monkeypatch, worker)
+    assert settings.actions
+    assert settings.queues
+    (issuer,) = settings.trusted_issuers()
+
+    # The issuer the workers trust is the string Keycloak writes in `iss`: its fixed hostname
+    # and the realm imported from deploy/compose/warden-realm.json.
+    authz = environment_of(services["authz"])
+    realm = json.loads(REALM.read_text(encoding="utf-8"))
+    assert issuer.issuer == f"{authz['KC_HOSTNAME']}/realms/{realm['realm']}"
+    assert "JWT" in issuer.accept_typ, "Keycloak signs access tokens with typ JWT"
+    # The audience Keycloak puts in `aud` is the one the workers expect.
+    assert authz["DEMO_AUDIENCE"] == settings.audience
+    # The demo asks that issuer's token endpoint, publishes on the queue the workers consume,
+    # and reaches the workers' HTTP port.
+    demo = environment_of(services["demo"])
+    assert demo["DEMO_TOKEN_URL"] == f"{issuer.issuer}/protocol/openid-connect/token"
+    assert demo["DEMO_QUEUE"] in settings.queues
+    assert demo["DEMO_AUDIENCE"] == settings.audience
+    assert urlsplit(demo["DEMO_WORKER_URL"]).port == settings.http_port
+    assert demo["WARDEN_BROKER_URL"] == worker["WARDEN_BROKER_URL"]
+    for name in ("REPORTER_CLIENT_SECRET", "READER_CLIENT_SECRET"):
+        assert demo[name] == authz[name]
+
+
+def test_workers_wait_for_healthy_services_scale_and_stop_gracefully(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    services = compose()["services"]
+    worker = services["worker"]
+    for dependency in ("rabbitmq", "authz"):
+        assert worker["depends_on"][dependency]["condition"] == "service_healthy"
+        assert services[dependency]["healthcheck"]["test"]
+    assert worker["deploy"]["replicas"] == 2
+    # `--scale worker=N` needs replicas that do not collide on a name or a host port.
+    assert "container_name" not in worker
+    assert "ports" not in worker
+    assert worker["build"] == "." or worker["build"]["context"] == "."
+    assert "command" not in worker, "the image's CMD runs"
+    assert "entrypoint" not in worker, "the image's CMD runs"
+
+    grace = _load_environment(monkeypatch, environment_of(worker)).shutdown_grace_seconds
+    assert seconds(worker["stop_grace_period"]) > grace
+
+
+def test_rabbitmq_is_the_official_image_with_the_management_plugin() -> None:
+    rabbitmq = compose()["services"]["rabbitmq"]
+    image = rabbitmq["image"]
+    assert image.startswith("rabbitmq:")
+    assert image.endswith("-management")
+    assert any(str(port).endswith(":15672") for port in rabbitmq["ports"])
+
+
+def test_the_demo_runs_once_after_the_workers() -> None:
+    services = compose()["services"]
+    demo = services["demo"]
+    assert demo["depends_on"]["worker"]["condition"] == "service_healthy"
+    assert demo["depends_on"]["authz"]["condition"] == "service_healthy"
+    assert demo["restart"] == "no"
+    assert demo["image"] == services["worker"]["image"]
+    (script,) = (v for v in demo["volumes"] if v.startswith("./deploy/compose/demo.sh:"))
+    target = script.split(":")[1]
+    assert demo["command"] == ["sh", target]
+
+
+def test_the_realm_grants_what_the_demo_expects() -> None:
+    """Scopes the example actions require exist, carry warden's audience, and are split between
+    the two clients so that the demo's reader cannot get reports:write."""
+    realm = json.loads(REALM.read_text(encoding="utf-8"))
+    scopes = {scope["name"]: scope for scope in realm["clientScopes"]}
+    clients = {client["clientId"]: client for client in realm["clients"]}
+    registry = Registry.from_modules(["worker.examples"])
+    required = {scope for name in registry.names() for scope in registry.get(name).scopes}  # type: ignore[union-attr]
+
+    def audiences(scope: str) -> set[str]:
+        return {
+            mapper["config"]["included.custom.audience"]
+            for mapper in scopes[scope].get("protocolMappers", [])
+            if mapper["protocolMapper"] == "oidc-audience-mapper"
+        }
+
+    def grantable(client: str) -> set[str]:
+        c = clients[client]
+        return {*c["defaultClientScopes"], *c["optionalClientScopes"]}
+
+    for scope in required:
+        assert audiences(scope) == {"${DEMO_AUDIENCE}"}, scope
+        assert scopes[scope]["attributes"]["include.in.token.scope"] == "true"
+    assert required <= grantable("reporter")
+    assert "reports:read" in grantable("reader")
+    assert "reports:write" not in grantable("reader")
+    assert registry.get("reports.delete") is None, "the demo's unknown action must stay unknown"
+    assert audiences("billing:read")
+    assert "${DEMO_AUDIENCE}" not in audiences("billing:read")
+    # RFC 9068's sub and client_id, which Keycloak leaves out unless mapped.
+    assert any(m["protocolMapper"] == "oidc-sub-mapper" for m in scopes["basic"]["protocolMappers"])
+    for client_id, client in clients.items():
+        assert "basic" in client["defaultClientScopes"]
+        assert client["serviceAccountsEnabled"]
+        assert not client["publicClient"]
+        (mapper,) = (
+            m for m in client["protocolMappers"] if m["config"]["claim.name"] == "client_id"
+        )
+        assert mapper["config"]["claim.value"] == client_id
+        assert client["secret"].startswith("${"), "secrets come from the environment"
+
+
+# --- the demo script --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Invocation:
+    line: int
+    assignments: tuple[str, ...]
+    args: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"line {self.line}: warden {' '.join(self.args[:2])}"
+
+
+_OPERATORS = {"&&", "||", ";", "|", "then", "else", "do"}
+
+
+def warden_invocations(path: Path) -> list[Invocation]:
+    """Each ``warden ...`` the shell script runs, with the variables set for it."""
+    found: list[Invocation] = []
+    logical, start, heredoc_end = "", 0, None
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if heredoc_end is not None:
+            heredoc_end = None if line.strip() == heredoc_end else heredoc_end
+            continue
+        if not logical:
+            start = number
+        if line.rstrip().endswith("\\"):
+            logical += line.rstrip()[:-1] + " "
+            continue
+        logical += line
+        heredoc = re.search(r"<<-?\s*['\"]?(\w+)", logical)
+        heredoc_end = heredoc.group(1) if heredoc else None
+        words = shlex.split(logical, comments=True)
+        logical = ""
+        segment: list[str] = []
+        for word in [*words, ";"]:
+            if word not in _OPERATORS:
+                segment.append(word)
+                continue
+            assignments = []
+            while segment and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", segment[0]):
+                assignments.append(segment.pop(0).split("=", 1)[0])
+            if segment and segment[0] == "warden":
+                found.append(Invocation(start, tuple(assignments), tuple(segment[1:])))
+            segment = []
+    return found
+
+
+DEMO_INVOCATIONS = warden_invocations(DEMO)
+
+
+def test_the_demo_publishes_and_reports() -> None:
+    commands = [invocation.args[0] for invocation in DEMO_INVOCATIONS]
+    assert commands.count("publish") >= 7
+    assert ("dlq", "stats") in {invocation.args[:2] for invocation in DEMO_INVOCATIONS}
+
+
+@pytest.mark.parametrize("invocation", DEMO_INVOCATIONS, ids=str)
+def test_the_demo_uses_the_real_command_line(invocation: Invocation) -> None:
+    """Every subcommand, option and WARDEN_* variable of the demo exists in ``warden``."""
+    command: click.Command = cli
+    args = list(invocation.args)
+    while isinstance(command, click.Group) and args and not args[0].startswith("-"):
+        name = args.pop(0)
+        assert name in command.commands, f"{invocation}: no subcommand {name!r}"
+        command = command.commands[name]
+    options = {
+        opt
+        for param in command.params
+        if isinstance(param, click.Option)
+        for opt in (*param.opts, *param.secondary_opts)
+    }
+    used = {arg.split("=", 1)[0] for arg in args if arg.startswith("--")}
+    assert used <= options, f"{invocation}: unknown options {sorted(used - options)}"
+    known = settings_variables() | cli_variables()
+    unknown = {name for name in invocation.assignments if name.startswith(ENV_PREFIX)} - known
+    assert not unknown, f"{invocation}: not read by warden: {sorted(unknown)}"
+
+
+# --- the Dockerfile ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Instruction:
+    keyword: str
+    args: str
+
+
+def dockerfile_stages() -> list[list[Instruction]]:
+    """The Dockerfile's stages, each a list of instructions; global ARG defaults substituted
+    into FROM."""
+    instructions: list[Instruction] = []
+    logical = ""
+    for line in DOCKERFILE.read_text(encoding="utf-8").splitlines():
+        if line.lstrip().startswith("#") or (not line.strip() and logical):
+            continue
+        if line.rstrip().endswith("\\"):
+            logical += line.rstrip()[:-1] + " "
+            continue
+        logical += line
+        if logical.strip():
+            keyword, _, args = logical.strip().partition(" ")
+            instructions.append(Instruction(keyword.upper(), args.strip()))
+        logical = ""
+    global_args: dict[str, str] = {}
+    stages: list[list[Instruction]] = []
+    for instruction in instructions:
+        if instruction.keyword == "ARG" and not stages:
+            name, _, default = instruction.args.partition("=")
+            global_args[name] = default
+        elif instruction.keyword == "FROM":
+            image = re.sub(r"\$\{?(\w+)\}?", lambda m: global_args[m.group(1)], instruction.args)
+            stages.append([Instruction("FROM", image)])
+        else:
+            assert stages, f"{instruction.keyword} before FROM"
+            stages[-1].append(instruction)
+    return stages
+
+
+def final_stage() -> list[Instruction]:
+    return dockerfile_stages()[-1]
+
+
+def last(keyword: str) -> Instruction | None:
+    found = [i for i in final_stage() if i.keyword == keyword]
+    return found[-1] if found else None
+
+
+def exec_form(args: str) -> list[str]:
+    """The JSON array of an exec-form instruction; a shell-form one fails."""
+    try:
+        argv = json.loads(args)
+    except ValueError:
+        argv = None
+    message = f"not exec form (a JSON array of strings): {args}"
+    assert isinstance(argv, list), message
+    assert argv, message
+    assert all(isinstance(a, str) for a in argv), message
+    return argv
+
+
+def console_script(name: str) -> Any:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    target = pyproject["project"]["scripts"][name]
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def test_the_image_runs_the_real_cli_in_exec_form() -> None:
+    """`warden run`, exec form: warden is PID 1 and gets SIGTERM itself, no shell between."""
+    assert last("ENTRYPOINT") is None, "an ENTRYPOINT would break `compose run worker warden ...`"
+    cmd = last("CMD")
+    assert cmd is not None
+    argv = exec_form(cmd.args)
+    assert argv == ["warden", "run"]
+    entry = console_script(argv[0])
+    assert entry is cli
+    assert isinstance(entry, click.Group)
+    assert "run" in entry.commands
+    stop = last("STOPSIGNAL")
+    assert stop is None or stop.args == "SIGTERM"
+
+
+def test_the_image_is_slim_non_root_and_runtime_only() -> None:
+    stages = dockerfile_stages()
+    image = final_stage()[0].args.split()[0]
+    assert re.fullmatch(r"python:3\.1[1-9][.\d]*-slim(-\w+)?", image), image
+    user = last("USER")
+    assert user is not None
+    uid = user.args.split(":")[0]
+    assert uid.isdigit(), "a numeric uid, which runAsNonRoot can check"
+    assert int(uid) != 0, "not root"
+    installs = [
+        i.args for stage in stages for i in stage if i.keyword == "RUN" and "pip install" in i.args
+    ]
+    assert installs
+    for command in installs:
+        assert "[test]" not in command, command
+        assert " -e " not in command, command
+    copies = " ".join(i.args for i in final_stage() if i.keyword == "COPY")
+    assert "tests" not in copies
+
+
+def test_the_image_healthcheck_is_a_python_one_liner_on_healthz() -> None:
+    healthcheck = last("HEALTHCHECK")
+    assert healthcheck is not None
+    options, _, command = healthcheck.args.partition("CMD ")
+    argv = exec_form(command)
+    assert argv[:2] == ["python", "-c"]
+    assert len(argv) == 3
+    code = argv[2]
+    assert "\n" not in code
+    assert "/healthz" in code
+    timeout = re.search(r"--timeout=(\S+)", options)
+    assert timeout
+    assert seconds(timeout.group(1)) > 2, "longer than the request's own timeout"
+    env = " ".join(i.args for i in final_stage() if i.keyword == "ENV")
+    port = re.search(r"WARDEN_HTTP_PORT=(\d+)", env)
+    assert port
+    assert int(port.group(1)) == Settings.model_fields["http_port"].default
+    expose = last("EXPOSE")
+    assert expose is not None
+    assert expose.args.split("/")[0] == port.group(1)
+
+
+class _Probe(BaseHTTPRequestHandler):
+    status = 200
+    paths: list[str] = []
+
+    def do_GET(self) -> None:
+        type(self).paths.append(self.path)
+        self.send_response(self.status if self.path == "/healthz" else 404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _run_healthcheck(port: int) -> int:
+    healthcheck = last("HEALTHCHECK")
+    assert healthcheck is not None
+    code = exec_form(healthcheck.args.partition("CMD ")[2])[2]
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        # A proxy that answers nothing: the probe must not go through it.
+        env={"WARDEN_HTTP_PORT": str(port), "http_proxy": "http://127.0.0.1:9"},
+        capture_output=True,
+        timeout=30,
+        check=False,
+    ).returncode
+
+
+@pytest.mark.parametrize(("status", "healthy"), [(200, True), (503, False)])
+def test_the_image_healthcheck_asks_healthz_on_the_configured_port(
+    status: int, healthy: bool
+) -> None:
+    """Run the health check's command against a server on WARDEN_HTTP_PORT."""
+
+    class Handler(_Probe):
+        pass
+
+    Handler.status, Handler.paths = status, []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        returncode = _run_healthcheck(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert Handler.paths == ["/healthz"]
+    assert (returncode == 0) is healthy
+
+
+def test_the_image_healthcheck_fails_when_nothing_listens() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Probe)
+    port = server.server_address[1]
+    server.server_close()
+    assert _run_healthcheck(port) != 0
+
+
+# --- Kubernetes -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    index: int
+    doc: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return str(self.doc["kind"])
+
+    @property
+    def name(self) -> str:
+        return str(self.doc["metadata"]["name"])
+
+    def __str__(self) -> str:
+        return f"{self.path.name}#{self.index}:{self.kind}/{self.name}"
+
+
+def manifests() -> list[Manifest]:
+    found: list[Manifest] = []
+    for path in sorted(KUBERNETES.glob("*.y*ml")):
+        docs = yaml.safe_load_all(path.read_text(encoding="utf-8"))
+        found.extend(Manifest(path, i, doc) for i, doc in enumerate(docs) if doc)
+    return found
+
+
+MANIFESTS = manifests()
+KEDA = [m for m in MANIFESTS if m.doc["apiVersion"].startswith("keda.sh/")]
+CORE = [m for m in MANIFESTS if m not in KEDA]
+
+
+def one(kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [m.doc for m in MANIFESTS if m.kind == kind and name in (None, m.name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def test_the_manifests_are_there() -> None:
+    kinds = {m.kind for m in MANIFESTS}
+    assert {
+        "Deployment",
+        "PodDisruptionBudget",
+        "ConfigMap",
+        "Secret",
+        "ScaledObject",
+        "TriggerAuthentication",
+    } <= kinds
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("manifest", CORE, ids=str)
+def test_manifest_is_valid_against_the_kubernetes_api_schema(
+    manifest: Manifest, version: str
+) -> None:
+    try:
+        kubernetes_validate.validate(manifest.doc, version, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        path = ".".join(map(str, exc.path))
+        pytest.fail(f"{manifest} against Kubernetes {exc.version}: {path}: {exc.message}")
+
+
+def test_the_kubernetes_schemas_do_refuse_a_wrong_manifest() -> None:
+    bad = copy.deepcopy(one("Deployment"))
+    bad["spec"]["template"]["spec"]["terminationGracePeriod"] = 45
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+def _strict(schema: Any) -> Any:
+    """Unknown fields refused, as kubernetes-validate's strict schemas and the API server's
+    strict field validation do."""
+    if isinstance(schema, dict):
+        schema = {key: _strict(value) for key, value in schema.items()}
+        if "properties" in schema and "additionalProperties" not in schema:
+            schema["additionalProperties"] = False
+        return schema
+    if isinstance(schema, list):
+        return [_strict(item) for item in schema]
+    return schema
+
+
+def keda_schema(kind: str) -> dict[str, Any]:
+    """The JSON Schema of a keda.sh/v1alpha1 kind, from the models generated from KEDA's CRDs."""
+    models = importlib.import_module("cloudcoil.models.keda.v1alpha1")
+    schema: dict[str, Any] = _strict(getattr(models, kind).model_json_schema(by_alias=True))
+    return schema
+
+
+@pytest.mark.parametrize("manifest", KEDA, ids=str)
+def test_keda_resource_is_valid_against_the_keda_schema(manifest: Manifest) -> None:
+    assert manifest.doc["apiVersion"] == "keda.sh/v1alpha1"
+    schema = keda_schema(manifest.kind)
+    Draft202012Validator.check_schema(schema)
+    errors = list(Draft202012Validator(schema).iter_errors(manifest.doc))
+    assert not errors, "\n".join(
+        f"{manifest}: {'.'.join(map(str, e.absolute_path))}: {e.message}" for e in errors
+    )
+
+
+def test_the_keda_schema_does_refuse_a_wrong_scaled_object() -> None:
+    schema = keda_schema("ScaledObject")
+    bad = copy.deepcopy(one("ScaledObject"))
+    bad["spec"]["minReplicas"] = bad["spec"].pop("minReplicaCount")
+    assert list(Draft202012Validator(schema).iter_errors(bad))
+    bad = copy.deepcopy(one("ScaledObject"))
+    del bad["spec"]["triggers"][0]["type"]
+    assert list(Draft202012Validator(schema).iter_errors(bad))
+
+
+def _deployment_parts() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    deployment = one("Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    return deployment, pod, container
+
+
+def kubernetes_environment() -> dict[str, str]:
+    """What a worker pod gets: the ConfigMap and Secret it names, and its own env."""
+    _, _, container = _deployment_parts()
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(one("ConfigMap", source["configMapRef"]["name"])["data"])
+        if "secretRef" in source:
+            secret = one("Secret", source["secretRef"]["name"])
+            assert "data" not in secret, "stringData keeps the manifest readable and checkable"
+            env.update(secret["stringData"])
+    for variable in container.get("env", []):
+        env[variable["name"]] = variable.get("value", "from-field")
+    return env
+
+
+def test_every_warden_variable_in_the_manifests_is_one_warden_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = kubernetes_environment()
+    unknown = {name for name in env if name.startswith(ENV_PREFIX)} - settings_variables()
+    assert not unknown, f"not read by warden: {sorted(unknown)}"
+    settings = _load_environment(monkeypatch, env)
+    assert settings.actions
+    assert settings.audience
+
+
+def test_credentials_are_only_in_the_secret() -> None:
+    secrets = secret_variables()
+    assert f"{ENV_PREFIX}BROKER_URL" in secrets
+    for manifest in MANIFESTS:
+        if manifest.kind != "ConfigMap":
+            continue
+        data = manifest.doc.get("data", {})
+        leaked = secrets & set(data)
+        assert not leaked, f"{manifest}: credentials belong in a Secret: {sorted(leaked)}"
+        for key, value in data.items():
+            assert not urlsplit(str(value)).password, f"{manifest}: {key} holds a password"
+            assert not re.search(r"SECRET|PASSWORD|TOKEN", key), f"{manifest}: {key}"
+    _, _, container = _deployment_parts()
+    inline = {v["name"] for v in container.get("env", []) if "value" in v}
+    assert not secrets & inline, "credentials are not written into the Deployment"
+    assert f"{ENV_PREFIX}BROKER_URL" in kubernetes_environment()
+
+
+def test_the_deployment_probes_both_endpoints_and_outlives_the_shutdown_grace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, pod, container = _deployment_parts()
+    settings = _load_environment(monkeypatch, kubernetes_environment())
+    ports = {p.get("name"): p["containerPort"] for p in container["ports"]}
+
+    def probe(kind: str) -> tuple[str, int]:
+        get = container[kind]["httpGet"]
+        port = get["port"]
+        return get["path"], ports[port] if isinstance(port, str) else port
+
+    assert probe("livenessProbe") == ("/healthz", settings.http_port)
+    assert probe("readinessProbe") == ("/readyz", settings.http_port)
+    assert pod["terminationGracePeriodSeconds"] > settings.shutdown_grace_seconds
+    assert container.get("args", ["warden", "run"]) == ["warden", "run"]
+    assert "command" not in container
+    assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+def test_the_disruption_budget_covers_the_workers() -> None:
+    deployment, _, _ = _deployment_parts()
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    budget = one("PodDisruptionBudget")
+    selector = budget["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= labels.items()
+    assert deployment["spec"]["selector"]["matchLabels"] == selector
+
+
+def test_keda_scales_the_workers_on_queue_length_through_the_management_api(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    deployment, _, container = _deployment_parts()
+    settings = _load_environment(monkeypatch, kubernetes_environment())
+    scaled = one("ScaledObject")["spec"]
+    target = scaled["scaleTargetRef"]
+    assert target["name"] == deployment["metadata"]["name"]
+    assert target.get("kind", "Deployment") == "Deployment"
+    (trigger,) = scaled["triggers"]
+    assert trigger["type"] == "rabbitmq"
+    metadata = trigger["metadata"]
+    # The management API counts unacked messages too; AMQP would count only the ready ones.
+    assert metadata["protocol"] == "http"
+    assert metadata["mode"] == "QueueLength"
+    assert metadata["queueName"] in settings.queues
+    assert int(metadata["value"]) >= settings.prefetch
+    # The management URL comes from a Secret the worker pods do not get.
+    auth = one("TriggerAuthentication", trigger["authenticationRef"]["name"])["spec"]
+    (ref,) = auth["secretTargetRef"]
+    assert ref["parameter"] == "host"
+    host = one("Secret", ref["name"])["stringData"][ref["key"]]
+    assert urlsplit(host).scheme in ("http", "https")
+    mounted = {s["secretRef"]["name"] for s in container["envFrom"] if "secretRef" in s}
+    assert ref["name"] not in mounted
+    # Enough replicas that the disruption budget can let one go.
+    budget = one("PodDisruptionBudget")["spec"]
+    assert scaled["minReplicaCount"] > budget.get("maxUnavailable", 1)
+    assert scaled["maxReplicaCount"] >= scaled["minReplicaCount"]

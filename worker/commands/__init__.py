@@ -1,0 +1,1 @@
+"""The subcommands of ``warden``, one module each; :mod:`worker.cli` assembles them."""

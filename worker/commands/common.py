@@ -1,0 +1,121 @@
+"""What several commands share: failing with one clear line, settings, tokens, payloads."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from ..credentials import TokenRequestFailed, client_credentials_token
+from ..errors import ConfigurationError, WardenError
+from ..settings import S, load_settings
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print ``warden: <message>`` on stderr and exit."""
+    click.echo(f"warden: {message}", err=True)
+    sys.exit(code)
+
+
+def settings_or_exit(kind: type[S]) -> S:
+    """The settings, or exit naming the bad variable."""
+    try:
+        return load_settings(kind)
+    except ConfigurationError as exc:
+        fail(f"configuration error: {exc}")
+
+
+def run_or_exit(work: Coroutine[Any, Any, T], doing: str) -> T:
+    """Run ``work``; a broker or authorization server problem exits with one line."""
+    try:
+        return asyncio.run(work)
+    except (WardenError, TokenRequestFailed) as exc:
+        fail(f"{doing} failed: {exc}")
+    except OSError as exc:
+        fail(f"{doing} failed: cannot reach the broker: {exc}")
+
+
+def read_payload(value: str) -> dict[str, Any]:
+    """A JSON object given inline or as ``@FILE``."""
+    text = Path(value[1:]).read_text(encoding="utf-8") if value.startswith("@") else value
+    try:
+        payload = json.loads(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--payload") from None
+    if not isinstance(payload, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--payload")
+    return payload
+
+
+def token_options(command: F) -> F:
+    """``--token``/``--token-file``, or client credentials to get one from the issuer."""
+    options = [
+        click.option("--token", envvar="WARDEN_TOKEN", help="Access token (or WARDEN_TOKEN)."),
+        click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path)),
+        click.option("--token-url", help="Token endpoint, for the client-credentials grant."),
+        click.option("--client-id", "cc_client_id", help="Client id, with --token-url."),
+        click.option(
+            "--client-secret",
+            envvar="WARDEN_CLIENT_SECRET",
+            help="Client secret (or WARDEN_CLIENT_SECRET), with --token-url.",
+        ),
+        click.option("--scope", help="Space-separated scopes to ask for, with --token-url."),
+        click.option("--resource", help="RFC 8707 resource (audience), with --token-url."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def obtain_token(options: dict[str, Any]) -> str:
+    """The token the token options name, asking the authorization server if need be.
+
+    Pops the token options from ``options``.
+    """
+    token, token_file = options.pop("token"), options.pop("token_file")
+    token_url, client_id = options.pop("token_url"), options.pop("cc_client_id")
+    secret, scope, resource = (
+        options.pop("client_secret"),
+        options.pop("scope"),
+        options.pop("resource"),
+    )
+    given = [name for name, v in (("--token", token), ("--token-file", token_file)) if v]
+    if token_url:
+        given.append("--token-url")
+    if len(given) > 1:
+        raise click.UsageError(f"give one of {', '.join(given)}")
+    if token_file is not None:
+        return str(token_file.read_text(encoding="ascii").strip())
+    if token:
+        return str(token)
+    if token_url:
+        if not client_id or not secret:
+            raise click.UsageError("--token-url needs --client-id and --client-secret")
+        return run_or_exit(
+            client_credentials_token(token_url, client_id, secret, scope=scope, resource=resource),
+            "getting a token",
+        )
+    raise click.UsageError(
+        "a token is needed: --token, --token-file, WARDEN_TOKEN, or --token-url with client "
+        "credentials"
+    )
+
+
+def with_token(command: Callable[..., T]) -> Callable[..., T]:
+    """Resolve the token options into one ``token`` argument."""
+
+    @functools.wraps(command)
+    def wrapper(**options: Any) -> T:
+        token = obtain_token(options)
+        return command(token=token, **options)
+
+    return wrapper

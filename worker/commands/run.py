@@ -1,0 +1,43 @@
+"""``warden run``: the worker."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import click
+
+from .. import logs
+from ..actions import Registry
+from ..errors import ConfigurationError
+from ..settings import Settings
+from .common import fail, settings_or_exit
+
+
+@click.command()
+def run() -> None:
+    """Run the worker until SIGTERM or SIGINT (configured by WARDEN_* variables)."""
+    from ..runner import Worker
+
+    settings = settings_or_exit(Settings)
+    try:
+        if not settings.actions:
+            raise ConfigurationError(
+                "WARDEN_ACTIONS is required: name the module(s) that register actions"
+            )
+        registry = Registry.from_modules(settings.actions)
+    except ConfigurationError as exc:
+        fail(f"configuration error: {exc}")
+    logs.configure(settings.log_level)
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await Worker(settings, registry).run(stop)
+
+    try:
+        asyncio.run(serve())
+    except ConfigurationError as exc:
+        fail(f"configuration error: {exc}")
