@@ -7,6 +7,8 @@ Scenarios (each consumes messages already waiting in a fresh quorum queue, in a 
 own, with the same prefetch, bodies and headers):
 
   a       a bare aio-pika consume-and-ack loop (the baseline)
+  a-relay a bare aio-pika loop that republishes each message to <queue>.dlq with a confirm, then
+          acks: the floor under any consumer that dead-letters, for reading (d)
   b       warden, allowed path, a no-op action, 10 tokens reused over all jobs
   c-ALG   warden, allowed path, every job its own token, signed with ALG (RS256, ES256, EdDSA)
   d       warden, denied path (scope_insufficient), dead letters included
@@ -40,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from tests.support.issuer import Issuer, JwksServer, SigningKey  # noqa: E402
 from worker.broker import declare_topology  # noqa: E402
 
-SCENARIOS = ("a", "b", "c-RS256", "c-ES256", "c-EdDSA", "d", "e-b", "e-c")
+SCENARIOS = ("a", "a-relay", "b", "c-RS256", "c-ES256", "c-EdDSA", "d", "e-b", "e-c")
 _ISSUER: Issuer | None = None
 
 
@@ -111,6 +113,8 @@ def consume(kind: str, queue: str, messages: int, common: dict[str, Any]) -> dic
     )
     if done.returncode != 0:
         raise RuntimeError(f"{kind} failed:\n{done.stderr[-3000:]}")
+    if done.stderr.strip():
+        print(f"{kind} said:\n{done.stderr[-2000:]}", file=sys.stderr)
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
@@ -152,6 +156,7 @@ def main() -> None:
     }
     plan: dict[str, tuple[str, str, list[str], int]] = {
         "a": ("baseline", "bench.noop", reused, n),
+        "a-relay": ("relay", "bench.admin", reused, n),
         "b": ("warden", "bench.noop", reused, n),
         "d": ("warden", "bench.admin", reused, n),
         "e-b": ("faststream", "bench.noop", reused, n),

@@ -81,6 +81,31 @@ async def baseline(clock: Clock) -> None:
         await clock.done.wait()
 
 
+async def relay(clock: Clock) -> None:
+    """The floor under any dead-lettering: consume, republish with a confirm, ack (aio-pika)."""
+    connection = await aio_pika.connect_robust(URL)
+    async with connection:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=PREFETCH)
+        publisher = await connection.channel(publisher_confirms=True)
+        queue = await channel.get_queue(QUEUE, ensure=False)
+
+        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            clock.started()
+            copy = aio_pika.Message(
+                message.body,
+                headers=message.headers,
+                message_id=message.message_id,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            )
+            await publisher.default_exchange.publish(copy, f"{QUEUE}.dlq")
+            await message.ack()
+            clock.one_settled()
+
+        await queue.consume(on_message)
+        await clock.done.wait()
+
+
 async def warden(clock: Clock) -> None:
     """warden's worker, with the decision timed and settlements counted."""
     from worker.actions import Registry
@@ -135,6 +160,7 @@ async def faststream(clock: Clock) -> None:
 
 KINDS: dict[str, Callable[[Clock], Any]] = {
     "baseline": baseline,
+    "relay": relay,
     "warden": warden,
     "faststream": faststream,
 }

@@ -574,3 +574,43 @@ async def test_publish_jobs_with_a_proof_key(
     )
     jobs = await ran.wait_for(3)
     assert sorted(j.id for j in jobs) == sorted(ids)
+
+
+@pytest.mark.broker
+async def test_warden_publish_with_proof_key_runs_the_jobs(
+    broker_url: str, start_worker: Any, issuer: Issuer, queue_name: str, tmp_path: Path
+) -> None:
+    import asyncio
+    import os
+    import sys
+
+    await start_worker()
+    private = ec.generate_private_key(ec.SECP256R1())
+    key_file = tmp_path / "publisher.pem"
+    key_file.write_bytes(pem(private))
+    token = issuer.token(cnf={"jkt": ProofKey.from_pem(pem(private)).thumbprint})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WARDEN_")}
+    env |= {"WARDEN_BROKER_URL": broker_url, "WARDEN_TOKEN": token}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker",
+        "publish",
+        queue_name,
+        ACTION,
+        "--payload",
+        '{"report": "q3"}',
+        "--count",
+        "3",
+        "--proof-key",
+        str(key_file),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=Path(__file__).parent.parent,
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    assert f"published 3 jobs to {queue_name}" in out.decode()
+    jobs = await ran.wait_for(3)
+    assert {j.action for j in jobs} == {ACTION}

@@ -13,6 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from .actions import Principal
 from .tokens import VerificationKey, Verified
 
 
@@ -21,6 +22,7 @@ class Entry:
     """A token that passed checks 3 to 12, and what may end that."""
 
     verified: Verified
+    principal: Principal
     header: dict[str, Any]
     key: VerificationKey | None
     until: float

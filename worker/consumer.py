@@ -14,6 +14,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 
 from . import names
+from .acks import Acker
 from .broker import copy_message, describe, publish_confirmed, retry_tier, to_delivery
 from .decision import Delivery, Denied, Gate
 from .errors import PublishFailed, Unavailable
@@ -61,17 +62,20 @@ class Consumer:
         self._dlx: AbstractExchange | None = None
         self._tiers = settings.retry_tiers()
         self.in_flight: set[asyncio.Task[Any]] = set()
+        self._acks = Acker()
 
     async def on_message(self, queue: str, message: AbstractIncomingMessage) -> None:
         """Decide, run and settle one delivery."""
         task = asyncio.current_task()
         if task is not None:
             self.in_flight.add(task)
+        self._acks.delivered(message)
         try:
             delivery = to_delivery(message, queue)
             outcome = await self.outcome(delivery)
             await self.settle(message, delivery, outcome)
         finally:
+            self._acks.abandon(message)
             if task is not None:
                 self.in_flight.discard(task)
 
@@ -120,7 +124,7 @@ class Consumer:
         """The one place that acks, dead-letters or returns a message to its queue."""
         match outcome:
             case Done():
-                await ack(message)
+                await self._acks.ack(message)
             case DeadLetter(denied):
                 self._log_denial(delivery, denied)
                 try:
@@ -138,7 +142,7 @@ class Consumer:
                     )
                     await self._defer(message, delivery, f"dead letter failed: {exc}")
                 else:
-                    await ack(message)
+                    await self._acks.ack(message)
             case Defer(why):
                 await self._defer(message, delivery, why)
             case Again(why, delay):
@@ -210,9 +214,10 @@ class Consumer:
                 },
             )
             await asyncio.sleep(delay)
+            self._acks.settled_otherwise(message)
             await requeue(message)
             return
-        await ack(message)
+        await self._acks.ack(message)
 
     async def _dead_letter(
         self, message: AbstractIncomingMessage, delivery: Delivery, denied: Denied
@@ -231,7 +236,21 @@ class Consumer:
         headers[names.HEADER_REASON] = record["reason"]
         headers[names.HEADER_DENIAL] = record
         routing_key = names.dead_letter_routing_key(record["reason"], delivery.queue)
-        await publish_confirmed(self._dlx, copy_message(message, headers), routing_key)
+        try:
+            letter = copy_message(message, headers)
+            await publish_confirmed(self._dlx, letter, routing_key)
+        except (TypeError, ValueError, OverflowError) as exc:
+            # A claim AMQP cannot encode (the token's claims are the publisher's choice): the
+            # dead letter still goes out, with the token reduced to what is always encodable.
+            if record["token"] is None:
+                raise
+            log.warning(
+                "token claims not encodable in a dead letter; kept only its fingerprint",
+                extra={"message_id": delivery.message_id, "error": type(exc).__name__},
+            )
+            token = record["token"]
+            record["token"] = {"fingerprint": token["fingerprint"], "verified": token["verified"]}
+            await publish_confirmed(self._dlx, copy_message(message, headers), routing_key)
 
     def _log_denial(self, delivery: Delivery, denied: Denied) -> None:
         claims = (denied.token.claims if denied.token else None) or {}

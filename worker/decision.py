@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from . import errors, strictjson
 from .actions import ACTION_NAME, ActionSpec, Job, Principal, Registry
+from .cache import Entry, VerifiedTokens
 from .introspection import Introspector, is_opaque
 from .names import HEADER_AUTHORIZATION, HEADER_PROOF
 from .proof import check_proof
@@ -183,6 +184,10 @@ def _delegation_detail(spec: ActionSpec, who: Principal) -> str:
     return detail
 
 
+NO_EXP_CACHE_SECONDS = 300.0
+"""How long a verified token without ``exp`` (where an issuer's policy allows that) is cached."""
+
+
 class Gate:
     """Decides messages: checks 1 to 17 of SPEC section 2."""
 
@@ -195,6 +200,7 @@ class Gate:
         *,
         revocations: RevocationCheck | None = None,
         introspector: Introspector | None = None,
+        cache: VerifiedTokens | None = None,
     ) -> None:
         self.trust = trust
         self.keys = keys
@@ -202,6 +208,7 @@ class Gate:
         self.clock = clock
         self.revocations = revocations
         self.introspector = introspector
+        self.cache = cache
         if introspector is None and registry.introspected():
             raise errors.ConfigurationError(
                 "actions " + ", ".join(registry.introspected()) + " need introspection: set "
@@ -222,8 +229,9 @@ class Gate:
                 verified = await introspector.verify_opaque(check.raw)
                 check.claims, check.verified = verified.claims, True
                 check.policy = verified.policy
+                who = principal(verified.claims, verified.policy.issuer)
             else:
-                verified = await self._verify(check)
+                verified, who = await self._verify(check)
             if self.revocations is not None:
                 self.revocations.check(verified.claims, verified.policy.issuer)
             spec = self.registry.get(request.action)
@@ -231,7 +239,6 @@ class Gate:
                 raise errors.ActionUnknown(f"no action {request.action!r} is registered")
             if spec.introspect and introspector is not None and not opaque:
                 await introspector.confirm_active(check.raw, verified.policy.issuer)
-            who = principal(verified.claims, verified.policy.issuer)
             lacking = spec.scopes - who.scopes
             if lacking:
                 raise errors.ScopeInsufficient(
@@ -265,7 +272,32 @@ class Gate:
         )
         return Allowed(job, spec, check)
 
-    async def _verify(self, check: TokenCheck) -> Verified:
+    async def _verify(self, check: TokenCheck) -> tuple[Verified, Principal]:
+        """Checks 3 to 12, from the cache of verified tokens when it knows the token."""
+        cache = self.cache
+        if cache is None:
+            verified = await self._verify_fully(check)
+            return verified, principal(verified.claims, verified.policy.issuer)
+        digest = cache.digest(check.raw)
+        now = self.clock()
+        entry = cache.get(digest, now)
+        if entry is not None:
+            issuer = entry.verified.policy.issuer
+            if self.keys.key(issuer, entry.header.get("kid", "")) is entry.key:
+                check.header, check.claims = entry.header, entry.verified.claims
+                check.verified, check.policy = True, entry.verified.policy
+                return entry.verified, entry.principal
+            cache.drop(digest)  # the key that verified it was withdrawn: check it afresh
+        verified = await self._verify_fully(check)
+        exp = verified.claims.get("exp")
+        until = exp + self.trust.leeway if type(exp) is int else now + NO_EXP_CACHE_SECONDS
+        header = check.header or {}
+        key = self.keys.key(verified.policy.issuer, header.get("kid", ""))
+        who = principal(verified.claims, verified.policy.issuer)
+        cache.put(digest, Entry(verified, who, header, key, until))
+        return verified, who
+
+    async def _verify_fully(self, check: TokenCheck) -> Verified:
         try:
             return verify(check, self.trust, self.keys, self.clock())
         except errors.KeyUnknown:

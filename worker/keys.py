@@ -9,6 +9,7 @@ background task refreshes them on a TTL.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -79,7 +80,14 @@ def parse_jwks(document: Any, issuer: str) -> dict[str, VerificationKey]:
             )
             continue
         crv = jwk.get("crv") if kty != "RSA" else None
-        keys[kid] = VerificationKey(kid, kty, crv, alg if isinstance(alg, str) else None, parsed)
+        keys[kid] = VerificationKey(
+            kid,
+            kty,
+            crv,
+            alg if isinstance(alg, str) else None,
+            parsed,
+            jwk=json.dumps(jwk, sort_keys=True),
+        )
     return keys
 
 
@@ -169,7 +177,12 @@ class IssuerKeys:
             )
             return
         added = keys.keys() - self._keys.keys()
-        self._keys = keys
+        # A key published again unchanged stays the same object: tokens it verified stay cached.
+        old = self._keys
+        self._keys = {
+            kid: old[kid] if kid in old and old[kid].jwk == key.jwk else key
+            for kid, key in keys.items()
+        }
         self._loaded = True
         self.fetched_at = started
         log.info(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -68,6 +68,7 @@ async def publish_jobs(
     count: int = 1,
     message_id: str | None = None,
     proof_key: ProofKey | None = None,
+    on_confirmed: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Publish ``count`` jobs to ``queue``; return their message ids once all are confirmed.
 
@@ -97,4 +98,6 @@ async def publish_jobs(
                     for mid in ids[start : start + WINDOW]
                 )
             )
+            if on_confirmed is not None:
+                on_confirmed(len(ids[start : start + WINDOW]))
     return ids

@@ -25,6 +25,7 @@ from tenacity import (
 
 from .actions import Registry
 from .broker import declare_topology, describe
+from .cache import VerifiedTokens
 from .consumer import Consumer
 from .decision import Gate
 from .feed import RevocationFeed, declare_stream
@@ -184,6 +185,9 @@ class Worker:
                 self.registry,
                 revocations=feed,
                 introspector=build_introspector(settings, trust, http),
+                cache=VerifiedTokens(settings.token_cache_size)
+                if settings.token_cache_size
+                else None,
             )
             connection = self.connection = await connect(url, settings.worker_id)
             async with connection, asyncio.TaskGroup() as background:

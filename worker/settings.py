@@ -125,6 +125,8 @@ class Settings(BrokerSettings):
     http_port: Annotated[int, Field(ge=0, le=65535)] = 9100
     """0 picks a free port (the worker logs which)."""
     max_token_bytes: Annotated[int, Field(ge=256, le=65536)] = 8192
+    token_cache_size: Annotated[int, Field(ge=0)] = 10_000
+    """Verified tokens remembered (0: verify every job's token in full)."""
     delivery_limit: Annotated[int, Field(ge=1)] = 5
     max_attempts: Annotated[int, Field(ge=1)] = 5
     jwks_timeout_seconds: Annotated[float, Field(gt=0)] = 5.0

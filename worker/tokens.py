@@ -62,6 +62,8 @@ class VerificationKey:
     crv: str | None
     alg: str | None
     key: Any
+    jwk: str = field(default="", compare=False, repr=False)
+    """The JWK it was parsed from (canonical JSON), to tell a republished key from a new one."""
 
     def fits(self, alg: str) -> bool:
         """Whether a signature made with ``alg`` may be checked with this key."""

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
-import click
+from pathlib import Path
 
+import click
+from rich.console import Console
+from rich.progress import Progress
+
+from ..errors import ConfigurationError
 from ..settings import BrokerSettings
-from .common import read_payload, run_or_exit, settings_or_exit, token_options, with_token
+from .common import (
+    fail,
+    read_payload,
+    run_or_exit,
+    settings_or_exit,
+    token_options,
+    with_token,
+)
 
 
 @click.command()
@@ -17,25 +29,45 @@ from .common import read_payload, run_or_exit, settings_or_exit, token_options, 
 @token_options
 @click.option("--count", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--message-id", help="Idempotency key (with --count 1); a UUID by default.")
+@click.option(
+    "--proof-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM private key the token is bound to (cnf.jkt): sign each job's x-warden-proof.",
+)
 @with_token
 def publish(
-    queue: str, action: str, payload: str, token: str, count: int, message_id: str | None
+    queue: str,
+    action: str,
+    payload: str,
+    token: str,
+    count: int,
+    message_id: str | None,
+    proof_key: Path | None,
 ) -> None:
     """Publish COUNT jobs asking for ACTION to QUEUE."""
+    from ..proof import ProofKey
     from ..publisher import publish_jobs
 
     body = read_payload(payload)
+    try:
+        key = None if proof_key is None else ProofKey.from_file(proof_key)
+    except ConfigurationError as exc:
+        fail(f"--proof-key: {exc}")
     settings = settings_or_exit(BrokerSettings)
-    ids = run_or_exit(
-        publish_jobs(
-            settings.broker_url.get_secret_value(),
-            queue,
-            action,
-            body,
-            token,
-            count=count,
-            message_id=message_id,
-        ),
-        "publish",
-    )
+    with Progress(console=Console(stderr=True), transient=True, disable=count < 100) as progress:
+        task = progress.add_task(f"publishing to {queue}", total=count)
+        ids = run_or_exit(
+            publish_jobs(
+                settings.broker_url.get_secret_value(),
+                queue,
+                action,
+                body,
+                token,
+                count=count,
+                message_id=message_id,
+                proof_key=key,
+                on_confirmed=lambda n: progress.advance(task, n),
+            ),
+            "publish",
+        )
     click.echo(ids[0] if count == 1 else f"published {len(ids)} jobs to {queue}")

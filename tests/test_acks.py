@@ -1,0 +1,46 @@
+"""Coalesced acks never hold back the acks of quick jobs behind a slow one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.support.actions import ran
+from tests.support.issuer import Issuer
+from tests.support.rabbit import Rabbit
+
+pytestmark = pytest.mark.broker
+
+
+async def test_quick_jobs_flow_past_a_slow_one_with_a_prefetch_of_two(
+    start_worker: Any, rabbit: Rabbit, issuer: Issuer, queue_name: str
+) -> None:
+    await start_worker(prefetch=2)
+    token = issuer.token()
+    slow = await rabbit.job(queue_name, "gated.run", token)
+    await ran.entered.wait()
+    # One prefetch slot is held by the slow job; the other must be freed by each quick job's
+    # ack in turn, or the fourth quick job would never be delivered.
+    quick = [await rabbit.job(queue_name, "reports.read", token) for _ in range(6)]
+    jobs = await ran.wait_for(6)
+    assert [j.id for j in jobs] == quick
+
+    ran.gate.set()
+    jobs = await ran.wait_for(7)
+    assert jobs[-1].id == slow
+    assert await rabbit.depth(queue_name) == 0
+
+
+async def test_a_burst_of_jobs_is_acked_exactly_once(
+    start_worker: Any, rabbit: Rabbit, issuer: Issuer, queue_name: str
+) -> None:
+    handle = await start_worker(prefetch=64)
+    token = issuer.token()
+    ids = [await rabbit.job(queue_name, "reports.read", token) for _ in range(300)]
+    jobs = await ran.wait_for(300, timeout=30)
+    assert sorted(j.id for j in jobs) == sorted(ids)
+    await handle.stop()
+    # Had any ack been lost or sent for the wrong tag, the stop would have returned jobs.
+    assert await rabbit.depth(queue_name) == 0
+    assert len(ran.jobs) == 300

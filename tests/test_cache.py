@@ -1,0 +1,100 @@
+"""The verified-token cache: a hit skips checks 3 to 12, never revocation, expiry or key loss."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+
+from tests.support.decision import REGISTRY, MemoryKeys, delivery
+from tests.support.issuer import Issuer, JwksServer, SigningKey
+from worker.cache import VerifiedTokens
+from worker.decision import Allowed, Denied, Gate
+from worker.revocation import Revocation, RevocationList
+from worker.runner import build_trust
+from worker.settings import Settings
+
+
+def _reason(verdict: object) -> str:
+    return "allowed" if isinstance(verdict, Allowed) else verdict.denial.reason  # type: ignore[attr-defined]
+
+
+async def test_a_token_revoked_after_it_was_cached_is_denied_on_its_next_job(
+    jwks: JwksServer, issuer: Issuer
+) -> None:
+    revoked = RevocationList()
+    cache = VerifiedTokens()
+    settings = Settings(issuer=issuer.url, audience=issuer.audience)
+    gate = Gate(
+        build_trust(settings), MemoryKeys(issuer), REGISTRY, revocations=revoked, cache=cache
+    )
+    token = issuer.token()
+    assert _reason(await gate.decide(delivery(token))) == "allowed"
+    assert _reason(await gate.decide(delivery(token))) == "allowed"
+    assert len(cache) == 1, "the second job was decided from the cache"
+
+    claims = jwt.decode(token, options={"verify_signature": False})
+    revoked.add(
+        Revocation.from_mapping({"jti": claims["jti"], "expires_at": "2999-01-01T00:00:00Z"}),
+        time.time(),
+    )
+    verdict = await gate.decide(delivery(token))
+    assert isinstance(verdict, Denied)
+    assert verdict.denial.reason == "token_revoked"
+    assert verdict.token is not None
+    assert verdict.token.verified
+
+
+async def test_a_cached_token_expires_with_its_exp(jwks: JwksServer, issuer: Issuer) -> None:
+    now = [time.time()]
+    settings = Settings(issuer=issuer.url, audience=issuer.audience, leeway_seconds=5)
+    gate = Gate(
+        build_trust(settings), MemoryKeys(issuer), REGISTRY, lambda: now[0], cache=VerifiedTokens()
+    )
+    token = issuer.token(exp=int(now[0]) + 10)
+    assert _reason(await gate.decide(delivery(token))) == "allowed"
+    now[0] += 14
+    assert _reason(await gate.decide(delivery(token))) == "allowed", "within exp + leeway"
+    now[0] += 2
+    assert _reason(await gate.decide(delivery(token))) == "token_expired"
+
+
+async def test_a_cached_token_whose_key_was_withdrawn_is_no_longer_accepted(
+    jwks: JwksServer, issuer: Issuer
+) -> None:
+    old = issuer.key
+    keys = MemoryKeys(issuer)
+    settings = Settings(issuer=issuer.url, audience=issuer.audience)
+    gate = Gate(build_trust(settings), keys, REGISTRY, cache=VerifiedTokens())
+    token = issuer.token(iat=int(time.time()) - 120)
+    assert _reason(await gate.decide(delivery(token))) == "allowed"
+
+    issuer.keys[:] = [SigningKey.generate("ES256")]  # the issuer withdraws the key
+    await keys.refetch(issuer.url)
+    assert old.kid not in {k.kid for k in issuer.keys}
+    assert _reason(await gate.decide(delivery(token))) == "key_unknown"
+
+
+async def test_the_cache_is_bounded_and_holds_no_token(jwks: JwksServer, issuer: Issuer) -> None:
+    cache = VerifiedTokens(max_entries=3)
+    settings = Settings(issuer=issuer.url, audience=issuer.audience)
+    gate = Gate(build_trust(settings), MemoryKeys(issuer), REGISTRY, cache=cache)
+    tokens = [issuer.token() for _ in range(5)]
+    for token in tokens:
+        assert _reason(await gate.decide(delivery(token))) == "allowed"
+    assert len(cache) == 3
+    stored = repr(list(cache._entries))
+    assert not any(token in stored or token.rsplit(".", 1)[1][:16] in stored for token in tokens)
+
+
+async def test_a_cache_hit_still_checks_the_action_and_its_scopes(
+    jwks: JwksServer, issuer: Issuer
+) -> None:
+    settings = Settings(issuer=issuer.url, audience=issuer.audience)
+    gate = Gate(build_trust(settings), MemoryKeys(issuer), REGISTRY, cache=VerifiedTokens())
+    token = issuer.token(scope="reports:read")
+    assert _reason(await gate.decide(delivery(token, action="reports.read"))) == "allowed"
+    assert _reason(await gate.decide(delivery(token, action="reports.generate"))) == (
+        "scope_insufficient"
+    )
+    assert _reason(await gate.decide(delivery(token, action="reports.nope"))) == "action_unknown"
