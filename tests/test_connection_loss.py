@@ -13,7 +13,7 @@ from tests.support.actions import ran
 from tests.support.issuer import Issuer
 from tests.support.logwatch import LogWatch
 from tests.support.rabbit import Rabbit
-from worker.consumer import ack
+from worker.acks import ack
 
 pytestmark = [
     pytest.mark.broker,

@@ -62,7 +62,7 @@ class Acker:
         """Ack ``message`` with the others of this loop iteration."""
         tag = message.delivery_tag
         if message.channel is not self._channel or tag not in self._open:
-            await _ack_one(message, multiple=False)
+            await ack(message)
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._open[tag] = done
@@ -103,7 +103,7 @@ class Acker:
         futures: list[asyncio.Future[None] | None],
     ) -> None:
         try:
-            await _ack_one(message, multiple=multiple)
+            await ack(message, multiple=multiple)
         finally:
             for done in futures:
                 if done is not None and not done.done():
@@ -117,7 +117,9 @@ class Acker:
         self._messages.clear()
 
 
-async def _ack_one(message: AbstractIncomingMessage, *, multiple: bool) -> None:
+async def ack(message: AbstractIncomingMessage, *, multiple: bool = False) -> None:
+    """Ack; if the channel died, say so: the broker delivers the message again, and the worker
+    goes on."""
     try:
         await message.ack(multiple=multiple)
     except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:

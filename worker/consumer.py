@@ -269,18 +269,6 @@ class Consumer:
         )
 
 
-async def ack(message: AbstractIncomingMessage) -> None:
-    """Ack; if the channel died, say so: the broker delivers the message again, and the worker
-    goes on."""
-    try:
-        await message.ack()
-    except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
-        log.warning(
-            "ack failed; the broker will deliver the message again",
-            extra={"message_id": message.message_id, "error": describe(exc)},
-        )
-
-
 async def requeue(message: AbstractIncomingMessage) -> None:
     """Return the message to its queue (this counts against the delivery limit)."""
     try:
