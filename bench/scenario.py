@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import resource
 import sys
 import time
+from array import array
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,26 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class Reservoir:
+    """A uniform sample of at most ``size`` latencies: constant memory however long the run, so
+    that the harness itself does not grow between a short run and a long one."""
+
+    def __init__(self, size: int) -> None:
+        self.samples = array("d")
+        self._size = size
+        self._seen = 0
+        self._random = random.Random(7)
+
+    def append(self, value: float) -> None:
+        self._seen += 1
+        if len(self.samples) < self._size:
+            self.samples.append(value)
+        else:
+            slot = self._random.randrange(self._seen)
+            if slot < self._size:
+                self.samples[slot] = value
+
+
 class Clock:
     """Counts settled messages; knows when the first came and the last was settled."""
 
@@ -42,7 +64,7 @@ class Clock:
         self.last = 0.0
         self.settled = 0
         self.done = asyncio.Event()
-        self.decisions: list[float] = []
+        self.decisions = Reservoir(50_000)
 
     def started(self) -> None:
         if self.first is None:
@@ -57,7 +79,7 @@ class Clock:
     def result(self) -> dict[str, Any]:
         assert self.first is not None
         elapsed = self.last - self.first
-        latencies = sorted(self.decisions)
+        latencies = sorted(self.decisions.samples)
 
         def pct(p: float) -> float | None:
             if not latencies:
