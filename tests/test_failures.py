@@ -40,3 +40,28 @@ async def test_failed_dead_letter_leaves_the_message_in_its_work_queue(
     [letter] = await rabbit.dead_letters(queue_name, 1)
     assert letter.message_id == mid
     assert letter.headers["x-warden-reason"] == "scope_insufficient"
+
+
+async def test_a_fault_in_warden_itself_returns_the_message_until_the_delivery_limit(
+    start_worker: Any,
+    rabbit: Rabbit,
+    issuer: Issuer,
+    queue_name: str,
+    logwatch: LogWatch,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from worker.decision import Gate
+
+    async def broken(self: Gate, delivery: Any) -> Any:
+        raise RuntimeError("a bug in the decision")
+
+    # Fault injection: the decision itself fails (a bug, not a verdict).
+    monkeypatch.setattr(Gate, "decide", broken)
+    await start_worker(delivery_limit=2)
+    mid = await rabbit.job(queue_name, "reports.read", issuer.token())
+
+    [letter] = await rabbit.dead_letters(queue_name, 1)
+    assert letter.message_id == mid
+    assert letter.routing_key == f"delivery_limit.{queue_name}"
+    record = await logwatch.wait_for(lambda r: r.getMessage() == "handling failed")
+    assert record.exc_info is not None

@@ -43,13 +43,15 @@ class Acker:
             self._open[tag] = None
             self._messages[tag] = message
 
+    def unsettled(self, message: AbstractIncomingMessage) -> bool:
+        """Whether nothing has acked or nacked this delivery yet."""
+        tag = message.delivery_tag
+        return message.channel is self._channel and tag in self._open and self._open[tag] is None
+
     def abandon(self, message: AbstractIncomingMessage) -> None:
         """Handling ended without settling (cancelled): stop tracking a delivery never acked,
         so it cannot hold back the acks after it; the broker delivers it again."""
-        if (
-            message.channel is self._channel
-            and self._open.get(message.delivery_tag or -1, 1) is None
-        ):
+        if self.unsettled(message):
             self.settled_otherwise(message)
 
     def settled_otherwise(self, message: AbstractIncomingMessage) -> None:

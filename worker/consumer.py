@@ -74,6 +74,13 @@ class Consumer:
             delivery = to_delivery(message, queue)
             outcome = await self.outcome(delivery)
             await self.settle(message, delivery, outcome)
+        except Exception:
+            # A fault of warden's own, not a verdict: back to the queue, where the delivery
+            # limit ends a message that keeps causing it (dead-lettered as delivery_limit).
+            log.exception("handling failed", extra={"message_id": message.message_id})
+            if self._acks.unsettled(message):
+                self._acks.settled_otherwise(message)
+                await requeue(message)
         finally:
             self._acks.abandon(message)
             if task is not None:

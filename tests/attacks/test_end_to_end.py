@@ -35,17 +35,16 @@ SCHEMA = json.loads(
 )
 DENIAL = Draft202012Validator(SCHEMA)
 
+FAMILIES = (
+    test_algorithms,
+    test_key_injection,
+    test_structure,
+    test_claims,
+    test_confusion,
+    test_resources,
+)
 CATALOGUE: dict[str, tuple[Make, str]] = {
-    param.id: param.values
-    for module in (
-        test_algorithms,
-        test_key_injection,
-        test_structure,
-        test_claims,
-        test_confusion,
-        test_resources,
-    )
-    for param in module.ATTACKS
+    param.id: param.values for module in FAMILIES for param in module.ATTACKS
 }
 
 THROUGH_RABBITMQ = [
@@ -90,15 +89,7 @@ THROUGH_RABBITMQ = [
 def test_the_subset_names_attacks_of_the_catalogue() -> None:
     assert set(THROUGH_RABBITMQ) <= CATALOGUE.keys()
     families = {
-        module: any(p.id in THROUGH_RABBITMQ for p in module.ATTACKS)
-        for module in (
-            test_algorithms,
-            test_key_injection,
-            test_structure,
-            test_claims,
-            test_confusion,
-            test_resources,
-        )
+        module: any(p.id in THROUGH_RABBITMQ for p in module.ATTACKS) for module in FAMILIES
     }
     assert all(families.values()), families
 
