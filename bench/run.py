@@ -41,6 +41,8 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support.issuer import Issuer, JwksServer, SigningKey  # noqa: E402
 from worker.broker import declare_topology  # noqa: E402
+from worker.names import retry_queue  # noqa: E402
+from worker.settings import Settings  # noqa: E402
 
 SCENARIOS = ("a", "a-relay", "b", "c-RS256", "c-ES256", "c-EdDSA", "d", "e-b", "e-c")
 _ISSUER: Issuer | None = None
@@ -96,7 +98,8 @@ async def drop(url: str, queue: str) -> None:
     connection = await aio_pika.connect(url)
     async with connection:
         channel = await connection.channel()
-        for name in (queue, f"{queue}.dlq", f"{queue}.retry.1000ms"):
+        tiers = Settings(issuer="-", audience="-").retry_tiers()  # what the worker declared
+        for name in (queue, f"{queue}.dlq", *(retry_queue(queue, ttl) for ttl in tiers)):
             await channel.queue_delete(name)
 
 
