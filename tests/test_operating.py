@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.actions import ran
 from tests.support.issuer import Issuer, JwksServer
+from tests.support.leaks import assert_no_leak
 from tests.support.rabbit import Rabbit
 from worker import names
 
@@ -41,6 +42,7 @@ async def warden(*args: str, env: dict[str, str] | None = None) -> tuple[int, st
     )
     out, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode is not None
+    assert_no_leak(out.decode() + err.decode(), f"the output of warden {' '.join(args[:2])}")
     return process.returncode, out.decode(), err.decode()
 
 
@@ -287,6 +289,7 @@ async def test_metrics_count_decisions_by_reason_and_readyz_follows_readiness(
         ("denied", "action_unknown", "unregistered"): 2,
         ("allowed", "", "reports.read"): 1,
     }
+    assert_no_leak(text, "/metrics")
     assert "warden_decision_seconds_bucket" in text
     assert "warden_jwks_fetches_total" in text
     assert "warden_in_flight" in text
