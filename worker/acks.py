@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from typing import Any
 
 import aiormq
@@ -122,10 +123,21 @@ class Acker:
 async def ack(message: AbstractIncomingMessage, *, multiple: bool = False) -> None:
     """Ack; if the channel died, say so: the broker delivers the message again, and the worker
     goes on."""
+    await _settle(message, "ack", message.ack(multiple=multiple))
+
+
+async def requeue(message: AbstractIncomingMessage) -> None:
+    """Return the message to its queue (this counts against the delivery limit)."""
+    await _settle(message, "nack", message.nack(requeue=True))
+
+
+async def _settle(
+    message: AbstractIncomingMessage, what: str, settling: Coroutine[Any, Any, None]
+) -> None:
     try:
-        await message.ack(multiple=multiple)
+        await settling
     except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
         log.warning(
-            "ack failed; the broker will deliver the message again",
+            f"{what} failed; the broker will deliver the message again",
             extra={"message_id": message.message_id, "error": describe(exc)},
         )

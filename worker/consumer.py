@@ -10,12 +10,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import aiormq
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 
 from . import names
-from .acks import Acker
-from .broker import copy_message, describe, publish_confirmed, retry_tier, to_delivery
+from .acks import Acker, requeue
+from .broker import copy_message, publish_confirmed, retry_tier, to_delivery
 from .decision import Delivery, Denied, Gate
 from .errors import PublishFailed, Unavailable
 from .execution import run_action
@@ -273,15 +272,4 @@ class Consumer:
                 "jti": claims.get("jti"),
                 "traceparent": delivery.headers.get(names.HEADER_TRACEPARENT),
             },
-        )
-
-
-async def requeue(message: AbstractIncomingMessage) -> None:
-    """Return the message to its queue (this counts against the delivery limit)."""
-    try:
-        await message.nack(requeue=True)
-    except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
-        log.warning(
-            "nack failed; the broker will deliver the message again",
-            extra={"message_id": message.message_id, "error": describe(exc)},
         )

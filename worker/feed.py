@@ -93,7 +93,6 @@ class RevocationFeed:
         """Set once the whole stream was read (and stays set)."""
         self._attached = False
         self._last_ok = 0.0
-        self.invalid_events = 0
         self._applied = asyncio.Event()
         self._stale_timer: asyncio.TimerHandle | None = None
         self._stale = False
@@ -242,7 +241,6 @@ class RevocationFeed:
                 event = Revocation.from_json(message.body)
             except InvalidEvent as exc:
                 if new:
-                    self.invalid_events += 1
                     log.error(
                         "revocation event skipped: not valid",
                         extra={

@@ -255,9 +255,6 @@ class Keyring:
             for issuer, url in issuers
         )
 
-    def __getitem__(self, issuer: str) -> IssuerKeys:
-        return self._issuers[issuer]
-
     def key(self, issuer: str, kid: str) -> VerificationKey | None:
         """The issuer's key called ``kid``, or None."""
         keys = self._issuers.get(issuer)
@@ -280,10 +277,6 @@ class Keyring:
     def fetch_counts(self) -> list[tuple[str, int, int]]:
         """``(issuer, fetches, failed fetches)`` of every issuer."""
         return [(issuer, k.fetches, k.failures) for issuer, k in self._issuers.items()]
-
-    def all_loaded(self) -> bool:
-        """Whether every issuer has keys."""
-        return all(keys.loaded for keys in self._issuers.values())
 
     async def refetch(self, issuer: str) -> None:
         """Rate-limited refetch of one issuer's keys."""
