@@ -15,9 +15,8 @@ from collections.abc import Coroutine
 from typing import Any
 
 import aiormq
-from aio_pika.abc import AbstractIncomingMessage
 
-from .broker import describe
+from .broker import Inbound, describe
 
 log = logging.getLogger("warden.consumer")
 
@@ -29,11 +28,11 @@ class Acker:
         self._channel: Any = None
         self._open: dict[int, asyncio.Future[None] | None] = {}
         """Unsettled tags in delivery order; a future once acked and waiting for the flush."""
-        self._messages: dict[int, AbstractIncomingMessage] = {}
+        self._messages: dict[int, Inbound] = {}
         self._flush: asyncio.Handle | None = None
         self._sending: set[asyncio.Task[None]] = set()
 
-    def delivered(self, message: AbstractIncomingMessage) -> None:
+    def delivered(self, message: Inbound) -> None:
         """A delivery is being handled (called before anything can settle it)."""
         if message.channel is not self._channel:
             # A new channel (after a reconnect): its tags start again; the old ones are void.
@@ -44,24 +43,24 @@ class Acker:
             self._open[tag] = None
             self._messages[tag] = message
 
-    def unsettled(self, message: AbstractIncomingMessage) -> bool:
+    def unsettled(self, message: Inbound) -> bool:
         """Whether nothing has acked or nacked this delivery yet."""
         tag = message.delivery_tag
         return message.channel is self._channel and tag in self._open and self._open[tag] is None
 
-    def abandon(self, message: AbstractIncomingMessage) -> None:
+    def abandon(self, message: Inbound) -> None:
         """Handling ended without settling (cancelled): stop tracking a delivery never acked,
         so it cannot hold back the acks after it; the broker delivers it again."""
         if self.unsettled(message):
             self.settled_otherwise(message)
 
-    def settled_otherwise(self, message: AbstractIncomingMessage) -> None:
+    def settled_otherwise(self, message: Inbound) -> None:
         """The delivery was settled without an ack (a nack): stop tracking it."""
         if message.channel is self._channel and message.delivery_tag is not None:
             self._open.pop(message.delivery_tag, None)
             self._messages.pop(message.delivery_tag, None)
 
-    async def ack(self, message: AbstractIncomingMessage) -> None:
+    async def ack(self, message: Inbound) -> None:
         """Ack ``message`` with the others of this loop iteration."""
         tag = message.delivery_tag
         if message.channel is not self._channel or tag not in self._open:
@@ -101,7 +100,7 @@ class Acker:
 
     async def _finish(
         self,
-        message: AbstractIncomingMessage,
+        message: Inbound,
         multiple: bool,
         futures: list[asyncio.Future[None] | None],
     ) -> None:
@@ -120,20 +119,18 @@ class Acker:
         self._messages.clear()
 
 
-async def ack(message: AbstractIncomingMessage, *, multiple: bool = False) -> None:
+async def ack(message: Inbound, *, multiple: bool = False) -> None:
     """Ack; if the channel died, say so: the broker delivers the message again, and the worker
     goes on."""
     await _settle(message, "ack", message.ack(multiple=multiple))
 
 
-async def requeue(message: AbstractIncomingMessage) -> None:
+async def requeue(message: Inbound) -> None:
     """Return the message to its queue (this counts against the delivery limit)."""
     await _settle(message, "nack", message.nack(requeue=True))
 
 
-async def _settle(
-    message: AbstractIncomingMessage, what: str, settling: Coroutine[Any, Any, None]
-) -> None:
+async def _settle(message: Inbound, what: str, settling: Coroutine[Any, Any, None]) -> None:
     try:
         await settling
     except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:

@@ -10,11 +10,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
+import aiormq
+from aio_pika.abc import AbstractChannel
 
 from . import names
 from .acks import Acker, requeue
-from .broker import copy_message, publish_confirmed, retry_tier, to_delivery
+from .broker import Inbound, copy_properties, describe, retry_tier, send_confirmed, to_delivery
 from .decision import Delivery, Denied, Gate
 from .errors import PublishFailed, Unavailable
 from .execution import run_action
@@ -58,12 +59,11 @@ class Consumer:
         self.settings = settings
         self._publisher = publisher
         self._now = now
-        self._dlx: AbstractExchange | None = None
         self._tiers = settings.retry_tiers()
         self.in_flight: set[asyncio.Task[Any]] = set()
         self._acks = Acker()
 
-    async def on_message(self, queue: str, message: AbstractIncomingMessage) -> None:
+    async def on_message(self, queue: str, message: Inbound) -> None:
         """Decide, run and settle one delivery."""
         task = asyncio.current_task()
         if task is not None:
@@ -124,9 +124,7 @@ class Consumer:
         )
         return outcome
 
-    async def settle(
-        self, message: AbstractIncomingMessage, delivery: Delivery, outcome: Outcome
-    ) -> None:
+    async def settle(self, message: Inbound, delivery: Delivery, outcome: Outcome) -> None:
         """The one place that acks, dead-letters or returns a message to its queue."""
         match outcome:
             case Done():
@@ -176,7 +174,7 @@ class Consumer:
                     message, delivery, {names.HEADER_ATTEMPT: delivery.attempt + 1}, wait
                 )
 
-    async def _defer(self, message: AbstractIncomingMessage, delivery: Delivery, why: str) -> None:
+    async def _defer(self, message: Inbound, delivery: Delivery, why: str) -> None:
         headers = delivery.headers
         deferrals = headers.get(names.HEADER_DEFERRALS)
         count = deferrals if type(deferrals) is int and deferrals >= 0 else 0
@@ -194,7 +192,7 @@ class Consumer:
 
     async def _put_back(
         self,
-        message: AbstractIncomingMessage,
+        message: Inbound,
         delivery: Delivery,
         update: dict[str, Any],
         delay: float,
@@ -207,9 +205,9 @@ class Consumer:
         """
         delay_ms = max(round(delay * 1000), 1)
         retry_queue = names.retry_queue(delivery.queue, retry_tier(self._tiers, delay_ms))
-        copy = copy_message(message, {**delivery.headers, **update}, expiration_ms=delay_ms)
+        copy = copy_properties(message, {**delivery.headers, **update}, expiration_ms=delay_ms)
         try:
-            await publish_confirmed(self._publisher.default_exchange, copy, retry_queue)
+            await self._send(message.body, copy, "", retry_queue)
         except PublishFailed as exc:
             log.error(
                 "could not park a copy; returning the original after the delay",
@@ -225,11 +223,7 @@ class Consumer:
             return
         await self._acks.ack(message)
 
-    async def _dead_letter(
-        self, message: AbstractIncomingMessage, delivery: Delivery, denied: Denied
-    ) -> None:
-        if self._dlx is None:
-            self._dlx = await self._publisher.get_exchange(names.DEAD_LETTER_EXCHANGE, ensure=False)
+    async def _dead_letter(self, message: Inbound, delivery: Delivery, denied: Denied) -> None:
         record = denial_record(
             denied,
             delivery,
@@ -243,8 +237,8 @@ class Consumer:
         headers[names.HEADER_DENIAL] = record
         routing_key = names.dead_letter_routing_key(record["reason"], delivery.queue)
         try:
-            letter = copy_message(message, headers)
-            await publish_confirmed(self._dlx, letter, routing_key)
+            letter = copy_properties(message, headers)
+            await self._send(message.body, letter, names.DEAD_LETTER_EXCHANGE, routing_key)
         except (TypeError, ValueError, OverflowError) as exc:
             # A claim AMQP cannot encode (the token's claims are the publisher's choice): the
             # dead letter still goes out, with the token reduced to what is always encodable.
@@ -256,7 +250,15 @@ class Consumer:
             )
             token = record["token"]
             record["token"] = {"fingerprint": token["fingerprint"], "verified": token["verified"]}
-            await publish_confirmed(self._dlx, copy_message(message, headers), routing_key)
+            letter = copy_properties(message, headers)
+            await self._send(message.body, letter, names.DEAD_LETTER_EXCHANGE, routing_key)
+
+    async def _send(self, body: bytes, properties: Any, exchange: str, routing_key: str) -> None:
+        try:
+            channel = await self._publisher.get_underlay_channel()
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            raise PublishFailed(f"{exchange or 'default exchange'}: {describe(exc)}") from None
+        await send_confirmed(channel, body, properties, exchange, routing_key)
 
     def _log_denial(self, delivery: Delivery, denied: Denied) -> None:
         claims = (denied.token.claims if denied.token else None) or {}

@@ -4,7 +4,6 @@ to stop, let in-flight messages finish, close."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from tenacity import (
 )
 
 from .actions import Registry
-from .broker import declare_topology, describe
+from .broker import Subscriptions, declare_topology, describe
 from .cache import VerifiedTokens
 from .consumer import Consumer
 from .decision import Gate
@@ -223,10 +222,10 @@ class Worker:
             return
 
         consumer = self.consumer = Consumer(gate, settings, publisher, metrics=self.metrics)
-        tags = {
-            name: await queue.consume(partial(consumer.on_message, name))
-            for name, queue in queues.items()
-        }
+        subscriptions = Subscriptions(
+            channel, {name: partial(consumer.on_message, name) for name in queues}
+        )
+        await subscriptions.start()
         log.info(
             "consuming",
             extra={
@@ -241,9 +240,7 @@ class Worker:
         self.ready.clear()
 
         log.info("stopping: no new messages; waiting for those in flight")
-        for name, tag in tags.items():
-            with contextlib.suppress(aio_pika.exceptions.AMQPError, RuntimeError):
-                await queues[name].cancel(tag)
+        await subscriptions.stop()
         if consumer.in_flight:
             await asyncio.wait(set(consumer.in_flight), timeout=settings.shutdown_grace_seconds)
         for task in set(consumer.in_flight):
