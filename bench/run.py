@@ -1,7 +1,7 @@
 """warden's benchmark: side by side, in one run, against the same RabbitMQ.
 
-    python -m bench.run                      # every scenario, 50,000 messages each
-    python -m bench.run --messages 20000 --only a,b
+    python -m bench.run                      # every scenario, 50,000 messages each, 3 rounds
+    python -m bench.run --messages 20000 --only a,b --rounds 1
 
 Scenarios (each consumes messages already waiting in a fresh quorum queue, in a process of its
 own, with the same prefetch, bodies and headers):
@@ -15,8 +15,14 @@ own, with the same prefetch, bodies and headers):
   e-b     FastStream + PyJWT middleware doing the same checks, tokens as in b
   e-c     the same peer, tokens as in c-RS256
 
-For each: messages per second, the ratio to (a) of this run, decision latency p50/p99 measured
-inside the consuming process, and its peak RSS. Results go to bench/results/ as JSON.
+Each round runs every scenario once, in this order, so a shared machine's noise falls on all of
+them alike. For each scenario the report takes its median round:
+  - messages per second, and the ratio to (a): the median of the rounds' ratios, each to the (a)
+    of the same round, with their range;
+  - decision latency p50/p99, measured inside the consuming process; its peak RSS;
+  - its CPU time per message, and the broker's when RabbitMQ runs on this machine. The two say
+    which side bounds a scenario (here they share two cores).
+Results go to bench/results/ as JSON, every round included.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -103,8 +110,23 @@ async def drop(url: str, queue: str) -> None:
             await channel.queue_delete(name)
 
 
+def broker_cpu_seconds() -> float | None:
+    """CPU time used so far by a RabbitMQ running on this machine (None if there is none)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if "(beam.smp)" in text:
+            fields = text.rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return None
+
+
 def consume(kind: str, queue: str, messages: int, common: dict[str, Any]) -> dict[str, Any]:
-    """Run one scenario process; its last stdout line is its result."""
+    """Run one scenario process; its last stdout line is its result, to which the broker's CPU
+    time per message is added when the broker runs on this machine."""
+    broker_before = broker_cpu_seconds()
     args = {**common, "kind": kind, "queue": queue, "messages": messages}
     done = subprocess.run(
         [sys.executable, "-m", "bench.scenario", json.dumps(args)],
@@ -119,6 +141,12 @@ def consume(kind: str, queue: str, messages: int, common: dict[str, Any]) -> dic
     if done.stderr.strip():
         print(f"{kind} said:\n{done.stderr[-2000:]}", file=sys.stderr)
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    broker_after = broker_cpu_seconds()
+    result["broker_cpu_us_per_message"] = (
+        None
+        if broker_before is None or broker_after is None
+        else (broker_after - broker_before) / messages * 1e6
+    )
     return result
 
 
@@ -133,6 +161,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--growth", action="store_true", help="also run b with 4x the messages and compare peak RSS"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="run every scenario this many times, interleaved; report each one's median round",
     )
     options = parser.parse_args()
     wanted = options.only.split(",")
@@ -172,56 +206,87 @@ def main() -> None:
         plan["b-x4"] = ("warden", "bench.noop", reused, 4 * n)
         wanted.append("b-x4")
 
-    results: dict[str, dict[str, Any]] = {}
-    for name in [s for s in (*SCENARIOS, "b-x4") if s in wanted and s in plan]:
-        kind, action, tokens_, count = plan[name]
-        queue = f"bench-{name.lower()}-{uuid.uuid4().hex[:6]}"
-        print(f"{name}: filling {queue} with {count} ...", file=sys.stderr)
-        asyncio.run(fill(options.broker_url, queue, action, tokens_, count))
-        if options.profile:
-            (ROOT / "bench" / "results").mkdir(exist_ok=True)
-            common["profile"] = str(ROOT / "bench" / "results" / f"profile-{name}.pstats")
-        try:
-            results[name] = consume(kind, queue, count, common)
-        finally:
-            asyncio.run(drop(options.broker_url, queue))
-        print(f"{name}: {results[name]['rate']:.0f} msg/s", file=sys.stderr)
+    order = [s for s in SCENARIOS if s in wanted and s in plan]
+    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in order}
+    for round_ in range(1, options.rounds + 1):
+        # b-x4 only compares memory: once, in the last round.
+        extra = ["b-x4"] if "b-x4" in plan and round_ == options.rounds else []
+        for name in [*order, *extra]:
+            kind, action, tokens_, count = plan[name]
+            queue = f"bench-{name.lower()}-{uuid.uuid4().hex[:6]}"
+            print(f"round {round_} {name}: filling {queue} with {count} ...", file=sys.stderr)
+            asyncio.run(fill(options.broker_url, queue, action, tokens_, count))
+            if options.profile:
+                (ROOT / "bench" / "results").mkdir(exist_ok=True)
+                common["profile"] = str(ROOT / "bench" / "results" / f"profile-{name}.pstats")
+            try:
+                result = consume(kind, queue, count, common)
+            finally:
+                asyncio.run(drop(options.broker_url, queue))
+            rounds.setdefault(name, []).append(result)
+            print(f"round {round_} {name}: {result['rate']:.0f} msg/s", file=sys.stderr)
     with_server.stop()
 
-    report(results, n, options.prefetch)
+    report(rounds, n, options.prefetch)
 
 
-def report(results: dict[str, dict[str, Any]], n: int, prefetch: int) -> None:
-    """Ratios to (a) of this run; the JSON file; the table."""
-    base = results.get("a", {}).get("rate")
-    for result in results.values():
-        result["ratio_to_a"] = result["rate"] / base if base else None
+def median(values: list[float]) -> float:
+    """The middle value (the lower middle one of an even count)."""
+    return sorted(values)[(len(values) - 1) // 2]
+
+
+def ratios(runs: list[dict[str, Any]], of: list[dict[str, Any]]) -> list[float]:
+    """Rate over rate, round by round. Rounds are paired from the last, where b-x4 runs."""
+    return [x["rate"] / y["rate"] for x, y in zip(reversed(runs), reversed(of), strict=False)][::-1]
+
+
+def report(rounds: dict[str, list[dict[str, Any]]], n: int, prefetch: int) -> None:
+    """Each scenario's median round; its ratio to (a) is the median of the ratios of the rounds
+    (each measured side by side with that round's (a)); the JSON file; the table."""
+    base = rounds.get("a", [])
+    results: dict[str, dict[str, Any]] = {}
+    for name, runs in rounds.items():
+        chosen = dict(sorted(runs, key=lambda r: float(r["rate"]))[(len(runs) - 1) // 2])
+        chosen["rates"] = [run["rate"] for run in runs]
+        chosen["ratios_to_a"] = ratios(runs, base)
+        chosen["ratio_to_a"] = median(chosen["ratios_to_a"]) if base else None
+        chosen["peak_rss_mb"] = max(run["peak_rss_mb"] for run in runs)
+        results[name] = chosen
     summary: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "messages": n,
         "prefetch": prefetch,
+        "rounds": max(len(runs) for runs in rounds.values()),
         "results": results,
     }
     if "b" in results and "b-x4" in results:
         summary["rss_growth_b_to_b_x4"] = (
             results["b-x4"]["peak_rss_mb"] / results["b"]["peak_rss_mb"] - 1
         )
-    if "b" in results and "e-b" in results:
-        summary["warden_over_peer_b"] = results["b"]["rate"] / results["e-b"]["rate"]
-    if "c-RS256" in results and "e-c" in results:
-        summary["warden_over_peer_c"] = results["c-RS256"]["rate"] / results["e-c"]["rate"]
+    for key, ours, peer in (
+        ("warden_over_peer_b", "b", "e-b"),
+        ("warden_over_peer_c", "c-RS256", "e-c"),
+    ):
+        if ours in rounds and peer in rounds:
+            summary[key] = median(ratios(rounds[ours], rounds[peer]))
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     path = out / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     path.write_text(json.dumps(summary, indent=2))
 
-    print(f"{'scenario':10} {'msg/s':>8} {'vs a':>6} {'p50 µs':>8} {'p99 µs':>8} {'RSS MB':>7}")
+    print(
+        f"{'scenario':10} {'msg/s':>8} {'vs a':>6} {'(range)':>11} {'p50 µs':>7} {'p99 µs':>7}"
+        f" {'RSS MB':>7} {'CPU µs/msg':>11} {'broker':>7}"
+    )
     for name, r in results.items():
         p50, p99 = r["decision_p50_us"], r["decision_p99_us"]
+        spread = r["ratios_to_a"]
+        span = f"{min(spread):.2f}-{max(spread):.2f}" if spread else "-"
         print(
-            f"{name:10} {r['rate']:8.0f} {r['ratio_to_a'] or 0:6.2f} "
-            f"{_us(p50):>8} {_us(p99):>8} "
-            f"{r['peak_rss_mb']:7.1f}"
+            f"{name:10} {r['rate']:8.0f} {r['ratio_to_a'] or 0:6.2f} {span:>11} "
+            f"{_us(p50):>7} {_us(p99):>7} "
+            f"{r['peak_rss_mb']:7.1f} {r['cpu_us_per_message']:11.0f} "
+            f"{_us(r['broker_cpu_us_per_message']):>7}"
         )
     for key in ("warden_over_peer_b", "warden_over_peer_c", "rss_growth_b_to_b_x4"):
         if key in summary:

@@ -62,6 +62,8 @@ class Clock:
     def __init__(self) -> None:
         self.first: float | None = None
         self.last = 0.0
+        self.cpu_first = 0.0
+        self.cpu_last = 0.0
         self.settled = 0
         self.done = asyncio.Event()
         self.decisions = Reservoir(50_000)
@@ -69,11 +71,13 @@ class Clock:
     def started(self) -> None:
         if self.first is None:
             self.first = time.perf_counter()
+            self.cpu_first = time.process_time()
 
     def one_settled(self) -> None:
         self.settled += 1
         if self.settled >= N:
             self.last = time.perf_counter()
+            self.cpu_last = time.process_time()
             self.done.set()
 
     def result(self) -> dict[str, Any]:
@@ -90,6 +94,7 @@ class Clock:
             "messages": self.settled,
             "seconds": elapsed,
             "rate": self.settled / elapsed,
+            "cpu_us_per_message": (self.cpu_last - self.cpu_first) / self.settled * 1e6,
             "decision_p50_us": pct(0.50),
             "decision_p99_us": pct(0.99),
             "peak_rss_mb": peak_rss_mb(),

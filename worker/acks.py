@@ -22,13 +22,16 @@ log = logging.getLogger("warden.consumer")
 
 
 class Acker:
-    """Tracks the unsettled deliveries of one consumer channel and sends their acks."""
+    """Tracks the unsettled deliveries of one consumer channel and sends their acks.
+
+    :meth:`ack` returns at once; the frame leaves at the end of the loop iteration. Before its
+    connection closes, a worker waits for :meth:`flushed`.
+    """
 
     def __init__(self) -> None:
         self._channel: Any = None
-        self._open: dict[int, asyncio.Future[None] | None] = {}
-        """Unsettled tags in delivery order; a future once acked and waiting for the flush."""
-        self._messages: dict[int, Inbound] = {}
+        self._open: dict[int, Inbound | None] = {}
+        """Unsettled tags in delivery order; the message once acked and waiting for the flush."""
         self._flush: asyncio.Handle | None = None
         self._sending: set[asyncio.Task[None]] = set()
 
@@ -36,17 +39,17 @@ class Acker:
         """A delivery is being handled (called before anything can settle it)."""
         if message.channel is not self._channel:
             # A new channel (after a reconnect): its tags start again; the old ones are void.
-            self._fail_all()
+            self._open.clear()
             self._channel = message.channel
-        tag = message.delivery_tag
-        if tag is not None:
-            self._open[tag] = None
-            self._messages[tag] = message
+        self._open[message.delivery_tag] = None
 
     def unsettled(self, message: Inbound) -> bool:
         """Whether nothing has acked or nacked this delivery yet."""
-        tag = message.delivery_tag
-        return message.channel is self._channel and tag in self._open and self._open[tag] is None
+        return (
+            message.channel is self._channel
+            and message.delivery_tag in self._open
+            and self._open[message.delivery_tag] is None
+        )
 
     def abandon(self, message: Inbound) -> None:
         """Handling ended without settling (cancelled): stop tracking a delivery never acked,
@@ -56,67 +59,53 @@ class Acker:
 
     def settled_otherwise(self, message: Inbound) -> None:
         """The delivery was settled without an ack (a nack): stop tracking it."""
-        if message.channel is self._channel and message.delivery_tag is not None:
+        if message.channel is self._channel:
             self._open.pop(message.delivery_tag, None)
-            self._messages.pop(message.delivery_tag, None)
 
-    async def ack(self, message: Inbound) -> None:
+    def ack(self, message: Inbound) -> None:
         """Ack ``message`` with the others of this loop iteration."""
         tag = message.delivery_tag
         if message.channel is not self._channel or tag not in self._open:
-            await ack(message)
+            self._start(ack(message))
             return
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._open[tag] = done
+        self._open[tag] = message
         if self._flush is None:
             self._flush = asyncio.get_running_loop().call_soon(self._send)
-        await done
+
+    async def flushed(self) -> None:
+        """Wait until every ack given so far has been written (or has failed and been logged)."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._send()
+        while self._sending:
+            await asyncio.wait(set(self._sending))
 
     def _send(self) -> None:
         self._flush = None
         prefix: list[int] = []
-        beyond: list[int] = []
+        beyond: list[Inbound] = []
         blocked = False  # past the first delivery still being handled
-        for tag, done in self._open.items():
-            if done is None:
+        for tag, acked in self._open.items():
+            if acked is None:
                 blocked = True
             elif blocked:
-                beyond.append(tag)
+                beyond.append(acked)
             else:
                 prefix.append(tag)
         if prefix:
-            self._dispatch(prefix[-1], multiple=len(prefix) > 1, covered=prefix)
-        for tag in beyond:
-            self._dispatch(tag, multiple=False, covered=[tag])
+            tail = self._open[prefix[-1]]
+            assert tail is not None
+            for tag in prefix:
+                del self._open[tag]
+            self._start(ack(tail, multiple=len(prefix) > 1))
+        for message in beyond:
+            del self._open[message.delivery_tag]
+            self._start(ack(message))
 
-    def _dispatch(self, tag: int, *, multiple: bool, covered: list[int]) -> None:
-        message = self._messages[tag]
-        futures = [self._open.pop(t) for t in covered]
-        for t in covered:
-            del self._messages[t]
-        task = asyncio.ensure_future(self._finish(message, multiple, futures))
+    def _start(self, sending: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(sending)
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
-
-    async def _finish(
-        self,
-        message: Inbound,
-        multiple: bool,
-        futures: list[asyncio.Future[None] | None],
-    ) -> None:
-        try:
-            await ack(message, multiple=multiple)
-        finally:
-            for done in futures:
-                if done is not None and not done.done():
-                    done.set_result(None)
-
-    def _fail_all(self) -> None:
-        for done in self._open.values():
-            if done is not None and not done.done():
-                done.set_result(None)  # their channel is gone: the broker delivers them again
-        self._open.clear()
-        self._messages.clear()
 
 
 async def ack(message: Inbound, *, multiple: bool = False) -> None:

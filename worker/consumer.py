@@ -63,6 +63,10 @@ class Consumer:
         self.in_flight: set[asyncio.Task[Any]] = set()
         self._acks = Acker()
 
+    async def flushed(self) -> None:
+        """Wait until the acks of every settled message have been written."""
+        await self._acks.flushed()
+
     async def on_message(self, queue: str, message: Inbound) -> None:
         """Decide, run and settle one delivery."""
         task = asyncio.current_task()
@@ -128,7 +132,7 @@ class Consumer:
         """The one place that acks, dead-letters or returns a message to its queue."""
         match outcome:
             case Done():
-                await self._acks.ack(message)
+                self._acks.ack(message)
             case DeadLetter(denied):
                 self._log_denial(delivery, denied)
                 try:
@@ -146,7 +150,7 @@ class Consumer:
                     )
                     await self._defer(message, delivery, f"dead letter failed: {exc}")
                 else:
-                    await self._acks.ack(message)
+                    self._acks.ack(message)
             case Defer(why):
                 await self._defer(message, delivery, why)
             case Again(why, delay):
@@ -221,7 +225,7 @@ class Consumer:
             self._acks.settled_otherwise(message)
             await requeue(message)
             return
-        await self._acks.ack(message)
+        self._acks.ack(message)
 
     async def _dead_letter(self, message: Inbound, delivery: Delivery, denied: Denied) -> None:
         record = denial_record(

@@ -245,3 +245,4 @@ class Worker:
             await asyncio.wait(set(consumer.in_flight), timeout=settings.shutdown_grace_seconds)
         for task in set(consumer.in_flight):
             task.cancel()
+        await consumer.flushed()
