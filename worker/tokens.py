@@ -11,7 +11,6 @@ from __future__ import annotations
 import binascii
 import hashlib
 import re
-from base64 import urlsafe_b64decode
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -22,6 +21,7 @@ from . import errors, strictjson
 from .settings import ACCESS_TOKEN_TYPES, IssuerSettings
 
 _SEGMENT = re.compile(rb"^[A-Za-z0-9_-]*$")
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
 VERIFIERS: dict[str, Algorithm] = {
     name: algorithm
     for name, algorithm in get_default_algorithms().items()
@@ -191,7 +191,8 @@ def decode_segment(
     if not _SEGMENT.fullmatch(data) or len(data) % 4 == 1:
         raise error(f"the {what} is not base64url")
     try:
-        return urlsafe_b64decode(data + b"=" * (-len(data) % 4))
+        # The alphabet is checked above, so the translated segment is plain base64.
+        return binascii.a2b_base64(data.translate(_FROM_URLSAFE) + b"=" * (-len(data) % 4))
     except (binascii.Error, ValueError):
         raise error(f"the {what} is not base64url") from None
 
@@ -270,6 +271,12 @@ def check_claim_types(claims: Mapping[str, Any]) -> None:
     _check_types(claims, _CLAIM_TYPES, "claim")
 
 
+_HEADERS: dict[bytes, dict[str, Any]] = {}
+"""Parsed JOSE headers by their encoded segment. An issuer's tokens share a handful of headers
+(one per key and type), so most tokens skip decoding theirs. Nothing changes a parsed header."""
+_HEADERS_KEPT = 256
+
+
 def parse(check: TokenCheck, max_bytes: int) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
     """Check 3: a compact JWS whose header and claims are JSON objects of the right types.
 
@@ -282,8 +289,13 @@ def parse(check: TokenCheck, max_bytes: int) -> tuple[dict[str, Any], dict[str, 
     if len(parts) != 3:
         kind = "a JWE" if len(parts) == 5 else f"{len(parts)} segments"
         raise errors.TokenMalformed(f"the token is {kind}, not a compact JWS of 3 segments")
-    header = json_object(decode_segment(parts[0], "header"), "header")
-    _check_types(header, _HEADER_TYPES, "header member")
+    header = _HEADERS.get(parts[0])
+    if header is None:
+        header = json_object(decode_segment(parts[0], "header"), "header")
+        _check_types(header, _HEADER_TYPES, "header member")
+        if len(_HEADERS) >= _HEADERS_KEPT:
+            _HEADERS.clear()
+        _HEADERS[parts[0]] = header
     check.header = header
     claims = json_object(decode_segment(parts[1], "payload"), "payload")
     check_claim_types(claims)
