@@ -7,8 +7,8 @@ Scenarios (each consumes messages already waiting in a fresh quorum queue, in a 
 own, with the same prefetch, bodies and headers):
 
   a       a bare aio-pika consume-and-ack loop (the baseline)
-  a-relay a bare aio-pika loop that republishes each message to <queue>.dlq with a confirm, then
-          acks: the floor under any consumer that dead-letters, for reading (d)
+  a-relay warden's transport without the decision: each message copied to <queue>.dlq with a
+          confirm, then acked. The floor under (d), whose dead letters cost the same publish
   b       warden, allowed path, a no-op action, 10 tokens reused over all jobs
   c-ALG   warden, allowed path, every job its own token, signed with ALG (RS256, ES256, EdDSA)
   d       warden, denied path (scope_insufficient), dead letters included

@@ -119,28 +119,32 @@ async def baseline(clock: Clock) -> None:
 
 
 async def relay(clock: Clock) -> None:
-    """The floor under any dead-lettering: consume, republish with a confirm, ack (aio-pika)."""
+    """The floor under (d): warden's own transport with no decision. Each delivery is copied to
+    ``<queue>.dlq`` with a confirm, as a dead letter is, then acked; nothing else is done."""
+    from worker.acks import Acker
+    from worker.broker import Inbound, Subscriptions, copy_properties, send_confirmed
+
     connection = await aio_pika.connect_robust(URL)
     async with connection:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=PREFETCH)
-        publisher = await connection.channel(publisher_confirms=True)
-        queue = await channel.get_queue(QUEUE, ensure=False)
+        publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        acks = Acker()
 
-        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        async def on_message(message: Inbound) -> None:
             clock.started()
-            copy = aio_pika.Message(
-                message.body,
-                headers=message.headers,
-                message_id=message.message_id,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            )
-            await publisher.default_exchange.publish(copy, f"{QUEUE}.dlq")
-            await message.ack()
+            acks.delivered(message)
+            copy = copy_properties(message, dict(message.properties.headers or {}))
+            transport = await publisher.get_underlay_channel()
+            await send_confirmed(transport, message.body, copy, "", f"{QUEUE}.dlq")
+            acks.ack(message)
             clock.one_settled()
 
-        await queue.consume(on_message)
+        subscriptions = Subscriptions(channel, {QUEUE: on_message})  # type: ignore[arg-type]
+        await subscriptions.start()
         await clock.done.wait()
+        await subscriptions.stop()
+        await acks.flushed()
 
 
 async def warden(clock: Clock) -> None:

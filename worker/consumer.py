@@ -265,6 +265,8 @@ class Consumer:
         await send_confirmed(channel, body, properties, exchange, routing_key)
 
     def _log_denial(self, delivery: Delivery, denied: Denied) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return
         claims = (denied.token.claims if denied.token else None) or {}
         log.info(
             "denied",
