@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.actions import ran
 from tests.support.issuer import Issuer
 from tests.support.logwatch import LogWatch
 from tests.support.rabbit import Rabbit
@@ -40,6 +41,27 @@ async def test_failed_dead_letter_leaves_the_message_in_its_work_queue(
     [letter] = await rabbit.dead_letters(queue_name, 1)
     assert letter.message_id == mid
     assert letter.headers["x-warden-reason"] == "scope_insufficient"
+
+
+async def test_a_deleted_work_queue_is_declared_again_and_consumed(
+    start_worker: Any, rabbit: Rabbit, issuer: Issuer, queue_name: str, logwatch: LogWatch
+) -> None:
+    await start_worker()
+    channel = await rabbit.connection.channel()
+    await channel.queue_delete(queue_name)
+    await channel.close()
+
+    await logwatch.wait_for(
+        lambda r: r.getMessage().startswith("the broker cancelled the consumer")
+    )
+    await logwatch.wait_for(lambda r: r.getMessage() == "consuming again on a reopened channel")
+    # Declared again as warden declares it (a declaration with other arguments would fail), and
+    # consumed: a job published now runs.
+    await rabbit.declare_work_queue(queue_name)
+    mid = await rabbit.job(queue_name, "reports.read", issuer.token())
+    [job] = await ran.wait_for(1)
+    assert job.id == mid
+    assert await rabbit.depth(queue_name) == 0
 
 
 async def test_a_fault_in_warden_itself_returns_the_message_until_the_delivery_limit(

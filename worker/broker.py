@@ -5,8 +5,10 @@ The rest of warden sees :class:`~worker.decision.Delivery` values, never aio-pik
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Mapping
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -25,6 +27,8 @@ from aio_pika.abc import (
 from . import names
 from .decision import Delivery
 from .errors import ConfigurationError, PublishFailed
+
+log = logging.getLogger("warden.consumer")
 
 COPIED_PROPERTIES = (
     "message_id",
@@ -165,8 +169,13 @@ class Inbound:
 
 
 class Subscriptions:
-    """Consumers of ``channel``'s queues, reading :class:`Inbound` deliveries. A robust channel
-    reopens after a reconnect; its consumers are then registered again on the new one."""
+    """Consumers of ``channel``'s queues, reading :class:`Inbound` deliveries.
+
+    A robust channel reopens after a reconnect; its consumers are then registered again on the
+    new one. When the broker cancels one (its queue was deleted), it is registered again: on a
+    queue that is gone, that closes the channel, whose restore declares the queue again as it
+    was declared and then registers every consumer.
+    """
 
     def __init__(
         self,
@@ -174,9 +183,11 @@ class Subscriptions:
         handlers: Mapping[str, Callable[[Inbound], Awaitable[None]]],
     ) -> None:
         self._channel = channel
-        self._handlers = handlers
+        self._callbacks = {queue: _deliverer(handle) for queue, handle in handlers.items()}
         self._transport: aiormq.abc.AbstractChannel | None = None
-        self._tags: list[str] = []
+        self._tags: dict[str, str] = {}
+        """Queue by consumer tag, on the current transport channel."""
+        self._again: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._channel.reopen_callbacks.add(self._reopened)
@@ -185,8 +196,10 @@ class Subscriptions:
     async def stop(self) -> None:
         """Cancel every consumer; deliveries already received are still handled."""
         self._channel.reopen_callbacks.discard(self._reopened)
+        for task in self._again:
+            task.cancel()
         transport, tags = self._transport, self._tags
-        self._tags = []
+        self._tags = {}
         for tag in tags:
             with contextlib.suppress(aiormq.exceptions.AMQPError, RuntimeError, ConnectionError):
                 assert transport is not None
@@ -194,20 +207,47 @@ class Subscriptions:
 
     async def _reopened(self, _: object) -> None:
         await self._consume()
+        log.info("consuming again on a reopened channel", extra={"queues": list(self._callbacks)})
 
     async def _consume(self) -> None:
         transport = self._transport = await self._channel.get_underlay_channel()
-        self._tags = []
-        for queue, handle in self._handlers.items():
+        transport.on_consumer_cancel_callbacks.add(self._cancelled)
+        self._tags = {}
+        for queue in self._callbacks:
+            await self._subscribe(transport, queue)
 
-            async def deliver(
-                delivered: aiormq.abc.DeliveredMessage,
-                handle: Callable[[Inbound], Awaitable[None]] = handle,
-            ) -> None:
-                await handle(Inbound(delivered))
+    async def _subscribe(self, transport: aiormq.abc.AbstractChannel, queue: str) -> None:
+        ok = await transport.basic_consume(queue, self._callbacks[queue])
+        self._tags[ok.consumer_tag or ""] = queue
 
-            ok = await transport.basic_consume(queue, deliver)
-            self._tags.append(ok.consumer_tag or "")
+    def _cancelled(self, frame: aiormq.spec.Basic.Cancel) -> None:
+        queue = self._tags.pop(frame.consumer_tag or "", None)
+        if queue is None or self._transport is None:
+            return
+        log.warning("the broker cancelled the consumer; consuming again", extra={"queue": queue})
+        task = asyncio.ensure_future(self._resubscribe(self._transport, queue))
+        self._again.add(task)
+        task.add_done_callback(self._again.discard)
+
+    async def _resubscribe(self, transport: aiormq.abc.AbstractChannel, queue: str) -> None:
+        try:
+            await self._subscribe(transport, queue)
+        except (aiormq.exceptions.AMQPError, RuntimeError, ConnectionError) as exc:
+            # The queue is gone: the broker closed the channel, and its restore (declaring the
+            # queue again) ends in _reopened.
+            log.info(
+                "queue not there; it is declared again when the channel reopens",
+                extra={"queue": queue, "error": describe(exc)},
+            )
+
+
+def _deliverer(
+    handle: Callable[[Inbound], Awaitable[None]],
+) -> Callable[[aiormq.abc.DeliveredMessage], Coroutine[Any, Any, None]]:
+    async def deliver(delivered: aiormq.abc.DeliveredMessage) -> None:
+        await handle(Inbound(delivered))
+
+    return deliver
 
 
 def to_delivery(message: Inbound, queue: str) -> Delivery:
