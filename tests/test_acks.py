@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 from typing import Any
 
 import pytest
@@ -9,6 +11,7 @@ import pytest
 from tests.support.actions import ran
 from tests.support.issuer import Issuer
 from tests.support.rabbit import Rabbit
+from tests.support.rabbitmqctl import close_connection_named
 
 pytestmark = pytest.mark.broker
 
@@ -44,3 +47,22 @@ async def test_a_burst_of_jobs_is_acked_exactly_once(
     # Had any ack been lost or sent for the wrong tag, the stop would have returned jobs.
     assert await rabbit.depth(queue_name) == 0
     assert len(ran.jobs) == 300
+
+
+@pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl")
+async def test_a_lingering_ack_leaves_without_any_further_message(
+    start_worker: Any, rabbit: Rabbit, issuer: Issuer, queue_name: str
+) -> None:
+    # A quarter of the prefetch is 16 acks: a lone ack must leave when its linger ends.
+    handle = await start_worker(prefetch=64, ack_linger_ms=100)
+    token = issuer.token()
+    first = await rabbit.job(queue_name, "reports.read", token)
+    await ran.wait_for(1)
+    # What is checked is a time bound: the ack is out once the linger has passed.
+    await asyncio.sleep(0.5)
+
+    # Had it not left, the broker would deliver the job again after this.
+    await close_connection_named(f"warden {handle.worker.settings.worker_id}")
+    second = await rabbit.job(queue_name, "reports.read", token)
+    jobs = await ran.wait_for(2, timeout=30)
+    assert [j.id for j in jobs] == [first, second]

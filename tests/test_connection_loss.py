@@ -3,7 +3,6 @@ channel means a redelivery, never a crash or a lost job."""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 from typing import Any
 
@@ -13,30 +12,13 @@ from tests.support.actions import ran
 from tests.support.issuer import Issuer
 from tests.support.logwatch import LogWatch
 from tests.support.rabbit import Rabbit
+from tests.support.rabbitmqctl import close_connection_named
 from worker.acks import ack
 
 pytestmark = [
     pytest.mark.broker,
     pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl"),
 ]
-
-
-async def _rabbitmqctl(*args: str) -> str:
-    process = await asyncio.create_subprocess_exec(
-        "rabbitmqctl", "-q", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await process.communicate()
-    assert process.returncode == 0, err.decode()
-    return out.decode()
-
-
-async def _close_connection_named(name: str) -> None:
-    listing = await _rabbitmqctl(
-        "list_connections", "--no-table-headers", "pid", "client_properties"
-    )
-    pids = [line.split("\t", 1)[0] for line in listing.splitlines() if f'"{name}"' in line]
-    assert len(pids) == 1, listing
-    await _rabbitmqctl("close_connection", pids[0], "closed by the connection-loss test")
 
 
 async def test_worker_survives_its_connection_being_closed_mid_action(
@@ -49,7 +31,7 @@ async def test_worker_survives_its_connection_being_closed_mid_action(
 
     # The broker drops the worker's connection while the action runs: the action is cancelled
     # with its channel (it could not be acked any more), and the broker delivers the job again.
-    await _close_connection_named(f"warden {handle.worker.settings.worker_id}")
+    await close_connection_named(f"warden {handle.worker.settings.worker_id}")
     ran.gate.set()
     after = [await rabbit.job(queue_name, "reports.read", token) for _ in range(3)]
     jobs = await ran.wait_for(4, timeout=30)

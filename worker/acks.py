@@ -1,10 +1,15 @@
-"""Acks, coalesced: the acks a loop iteration produces leave as few ``basic.ack`` frames as can be.
+"""Acks, coalesced: acks given within a short linger leave as few ``basic.ack`` frames as can be.
 
 Delivery tags on a channel only grow. Once every delivery up to tag T is settled, one
 ``basic.ack(T, multiple=True)`` settles them all; an ack above a delivery still being handled
 goes out on its own, so a slow action never holds back the acks (and the prefetch credit) of
 the quick ones after it. A quorum queue turns every ack frame into a log entry, so fewer frames
 are less work for the broker as well as for the worker.
+
+Acks wait at most ``linger`` seconds, and no longer than it takes ``batch`` of them to gather
+(a quarter of the prefetch, so waiting acks never hold back much of the prefetch credit). The
+price is a wider window in which a worker that dies has run jobs the broker will deliver again;
+delivery is at least once in any case.
 """
 
 from __future__ import annotations
@@ -28,7 +33,11 @@ class Acker:
     connection closes, a worker waits for :meth:`flushed`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, linger: float = 0.0, batch: int = 1) -> None:
+        self._linger = linger
+        self._batch = batch
+        self._waiting = 0
+        """Acks given since the last send."""
         self._channel: Any = None
         self._open: dict[int, Inbound | None] = {}
         """Unsettled tags in delivery order; the message once acked and waiting for the flush."""
@@ -69,8 +78,16 @@ class Acker:
             self._start(ack(message))
             return
         self._open[tag] = message
-        if self._flush is None:
-            self._flush = asyncio.get_running_loop().call_soon(self._send)
+        self._waiting += 1
+        loop = asyncio.get_running_loop()
+        if self._waiting >= self._batch or not self._linger:
+            if isinstance(self._flush, asyncio.TimerHandle):  # lingering: send sooner
+                self._flush.cancel()
+                self._flush = None
+            if self._flush is None:
+                self._flush = loop.call_soon(self._send)
+        elif self._flush is None:
+            self._flush = loop.call_later(self._linger, self._send)
 
     async def flushed(self) -> None:
         """Wait until every ack given so far has been written (or has failed and been logged)."""
@@ -82,6 +99,7 @@ class Acker:
 
     def _send(self) -> None:
         self._flush = None
+        self._waiting = 0
         prefix: list[int] = []
         beyond: list[Inbound] = []
         blocked = False  # past the first delivery still being handled

@@ -61,7 +61,9 @@ class Consumer:
         self._now = now
         self._tiers = settings.retry_tiers()
         self.in_flight: set[asyncio.Task[Any]] = set()
-        self._acks = Acker()
+        self._acks = Acker(
+            linger=settings.ack_linger_ms / 1000, batch=max(1, settings.prefetch // 4)
+        )
 
     async def flushed(self) -> None:
         """Wait until the acks of every settled message have been written."""

@@ -122,6 +122,8 @@ class Settings(BrokerSettings):
     algorithms: Annotated[tuple[str, ...], NoDecode] = DEFAULT_ALGORITHMS
     leeway_seconds: Annotated[int, Field(ge=0, le=3600)] = 30
     prefetch: Annotated[int, Field(ge=1, le=65535)] = 64
+    ack_linger_ms: Annotated[float, Field(ge=0, le=1000)] = 2.0
+    """How long a settled message's ack may wait to leave with others (0: at once)."""
     http_port: Annotated[int, Field(ge=0, le=65535)] = 9100
     """0 picks a free port (the worker logs which)."""
     max_token_bytes: Annotated[int, Field(ge=256, le=65536)] = 8192
