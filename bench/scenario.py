@@ -129,7 +129,7 @@ async def relay(clock: Clock) -> None:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=PREFETCH)
         publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        acks = Acker()
+        acks = Acker(linger=0.002, batch=max(1, PREFETCH // 4))  # as warden's defaults
 
         async def on_message(message: Inbound) -> None:
             clock.started()
