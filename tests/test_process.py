@@ -1,9 +1,11 @@
 """``warden run`` as a process: SIGTERM under load loses and repeats nothing; a message that
-kills the process every time ends in the dead-letter queue as ``delivery_limit``."""
+kills the process every time ends in the dead-letter queue as ``delivery_limit``; what the process
+writes never shows a token."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -14,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.support.issuer import Issuer, JwksServer
+from tests.support.leaks import assert_no_leak, minted
 from tests.support.rabbit import Rabbit
 from worker import names
 from worker.letters import dead_letter_reason
@@ -95,6 +98,7 @@ async def test_sigterm_under_load_exits_0_and_loses_or_repeats_nothing(
     process.send_signal(signal.SIGTERM)
     _, stderr = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 0, stderr.decode()[-2000:]
+    assert_no_leak(stderr.decode(), "the output of warden run")
 
     ran += await rabbit.get_all(f"{queue_name}.ran")
     ran_ids = [m.body.decode() for m in ran]
@@ -141,3 +145,27 @@ async def test_message_that_kills_the_worker_every_time_reaches_the_dlq_as_deliv
     process.send_signal(signal.SIGTERM)
     await asyncio.wait_for(process.wait(), 30)
     assert process.returncode == 0
+
+
+async def test_what_warden_run_writes_never_shows_a_token(
+    spawn: Callable[..., Any], rabbit: Rabbit, issuer: Issuer, queue_name: str
+) -> None:
+    await rabbit.declare_work_queue(queue_name)
+    good = issuer.token(scope="work")
+    header, claims, signature = good.split(".")
+    forged = minted(f"{header}.{claims}.{signature[::-1]}")  # the alphabet of a signature
+    denied = await rabbit.job(queue_name, "work.slow", forged)
+    allowed = await rabbit.job(queue_name, "work.slow", good)
+    process = await spawn(WARDEN_LOG_LEVEL="DEBUG", WARDEN_LOG_ALLOWED_LEVEL="INFO")
+
+    [letter] = await rabbit.dead_letters(queue_name, 1, timeout=30)
+    [ran] = await rabbit.take(f"{queue_name}.ran", 1, timeout=30)
+    assert (letter.message_id, ran.body.decode()) == (denied, allowed)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0
+
+    text = stderr.decode()
+    written = [json.loads(line)["event"] for line in text.splitlines()]
+    assert {"denied", "allowed"} <= set(written), "both jobs were logged, at DEBUG"
+    assert_no_leak(text, "the output of warden run")

@@ -4,6 +4,7 @@ to stop, let in-flight messages finish, close."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -246,3 +247,6 @@ class Worker:
         for task in set(consumer.in_flight):
             task.cancel()
         await consumer.flushed()
+        for open_channel in (publisher, channel):
+            with contextlib.suppress(aiormq.exceptions.AMQPError, RuntimeError, ConnectionError):
+                await open_channel.close()
