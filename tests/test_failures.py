@@ -1,4 +1,4 @@
-"""Nothing is lost when the dead-letter exchange is gone."""
+"""Nothing is lost when the dead-letter exchange or a work queue is gone, or warden itself fails."""
 
 from __future__ import annotations
 
