@@ -5,20 +5,17 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
-from jsonschema import Draft202012Validator
 
 from tests.support.actions import ran
 from tests.support.issuer import DROP, Issuer, SigningKey
 from tests.support.rabbit import Rabbit
+from tests.support.schemas import DENIAL
 
 pytestmark = pytest.mark.broker
 
-SCHEMA = json.loads((Path(__file__).parent.parent / "schemas" / "denial.schema.json").read_text())
-VALIDATOR = Draft202012Validator(SCHEMA, format_checker=Draft202012Validator.FORMAT_CHECKER)
 
 JOB = {"action": "reports.generate", "payload": {"report": "q3", "format": "pdf"}}
 
@@ -98,7 +95,7 @@ async def test_every_denial_reason_lands_in_the_dead_letter_queue(
         reason = expected["reason"]
         assert headers["x-warden-reason"] == reason
         denial = headers["x-warden-denial"]
-        VALIDATOR.validate(denial)
+        DENIAL.validate(denial)
         assert denial["reason"] == reason
         assert denial["queue"] == queue_name
         assert denial["routing_key"] == queue_name

@@ -22,7 +22,6 @@ import time
 from base64 import urlsafe_b64decode, urlsafe_b64encode
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,7 +29,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
-from jsonschema import Draft202012Validator
 from pamqp import encode
 
 from tests.attacks.world import ATTACKER, ISSUER_KEYS, OTHER_KEYS, WORLD
@@ -38,6 +36,7 @@ from tests.support.decision import MemoryKeys, clear_warden_environment, make_ga
 from tests.support.issuer import AUDIENCE, SigningKey
 from tests.support.issuer import sign as sign_with
 from tests.support.leaks import assert_no_leak
+from tests.support.schemas import DENIAL
 from worker import errors
 from worker.decision import Allowed, Delivery, Denied
 from worker.proof import ProofKey
@@ -45,8 +44,6 @@ from worker.record import denial_record
 
 EXAMPLES = 2000
 
-SCHEMA = json.loads((Path(__file__).parent.parent / "schemas" / "denial.schema.json").read_text())
-DENIAL = Draft202012Validator(SCHEMA)
 
 SIGNERS: list[SigningKey] = [*ISSUER_KEYS, *OTHER_KEYS, ATTACKER]
 KIDS = {

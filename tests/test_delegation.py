@@ -8,12 +8,9 @@ informational (RFC 8693 section 4.1). The whole chain reaches ``job.principal`` 
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import pytest
-from jsonschema import Draft202012Validator
 
 from tests.attacks.world import WORLD
 from tests.support.actions import ran
@@ -28,13 +25,11 @@ from tests.support.decision import (
 from tests.support.issuer import Issuer
 from tests.support.leaks import assert_no_leak
 from tests.support.rabbit import Rabbit
+from tests.support.schemas import DENIAL
 from worker import ANY_ACTOR, Job, action
 from worker.actions import Registry
 from worker.decision import Gate
 from worker.errors import ConfigurationError
-
-SCHEMA = json.loads((Path(__file__).parent.parent / "schemas" / "denial.schema.json").read_text())
-DENIAL = Draft202012Validator(SCHEMA)
 
 
 @pytest.fixture(autouse=True)

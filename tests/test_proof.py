@@ -20,7 +20,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from jsonschema import Draft202012Validator
 from jwt.algorithms import get_default_algorithms
 
 from tests.attacks.world import WORLD
@@ -37,13 +36,11 @@ from tests.support.decision import (
 from tests.support.issuer import DROP, Issuer
 from tests.support.leaks import assert_no_leak
 from tests.support.rabbit import Rabbit
+from tests.support.schemas import DENIAL
 from worker import errors
 from worker.decision import Delivery, Gate
 from worker.proof import ProofKey, b64url_sha256, check_proof, jwk_thumbprint
 from worker.publisher import job_message, publish_jobs
-
-SCHEMA = json.loads((Path(__file__).parent.parent / "schemas" / "denial.schema.json").read_text())
-DENIAL = Draft202012Validator(SCHEMA)
 
 
 def pem(private: Any) -> bytes:

@@ -8,11 +8,9 @@ so every attack is the very function the decision-level tests run.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
-from jsonschema import Draft202012Validator
 
 from tests.attacks import (
     test_algorithms,
@@ -27,13 +25,10 @@ from tests.support.actions import ran
 from tests.support.issuer import Issuer, JwksServer
 from tests.support.leaks import assert_no_leak
 from tests.support.rabbit import Rabbit
+from tests.support.schemas import DENIAL
 
 pytestmark = pytest.mark.broker
 
-SCHEMA = json.loads(
-    (Path(__file__).parent.parent.parent / "schemas" / "denial.schema.json").read_text()
-)
-DENIAL = Draft202012Validator(SCHEMA)
 
 FAMILIES = (
     test_algorithms,
