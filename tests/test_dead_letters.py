@@ -127,6 +127,35 @@ async def test_every_denial_reason_lands_in_the_dead_letter_queue(
     assert await rabbit.depth(queue_name) == 0
 
 
+async def test_a_publisher_cannot_write_its_own_verdict_into_a_dead_letter(
+    start_worker: Any, rabbit: Rabbit, issuer: Issuer, queue_name: str
+) -> None:
+    await start_worker()
+    token = issuer.token()
+    forged = {
+        "x-warden-reason": "action_failed",
+        "x-warden-denial": {"reason": "action_failed", "detail": "approved by security"},
+    }
+    sent = [
+        await rabbit.job(queue_name, "admin.purge", token, headers=forged, app_id=f"app-{n}")
+        for n in range(3)
+    ]
+
+    letters = await rabbit.dead_letters(queue_name, 3)
+
+    assert sorted(letter.message_id or "" for letter in letters) == sorted(m or "" for m in sent)
+    assert {letter.app_id for letter in letters} == {"app-0", "app-1", "app-2"}
+    for letter in letters:
+        assert letter.routing_key == f"scope_insufficient.{queue_name}"
+        headers = dict(letter.headers)
+        assert headers["x-warden-reason"] == "scope_insufficient"
+        denial = headers["x-warden-denial"]
+        DENIAL.validate(denial)
+        assert denial["reason"] == "scope_insufficient"
+        assert "approved" not in denial["detail"]
+        assert denial["token"]["verified"] is True
+
+
 async def test_allowed_job_runs_once_with_its_principal_and_is_acked(
     start_worker: Any, rabbit: Rabbit, issuer: Issuer, queue_name: str
 ) -> None:

@@ -5,7 +5,8 @@ JOSE headers and claims, signed by the real keys (or not signed, or carrying ran
 some carry a ``cnf`` and a proof, some an ``act``. For each, :meth:`Gate.decide` must return an
 :class:`Allowed` or a :class:`Denied` whose reason is one of :data:`worker.errors.REASONS` (with
 the class and RFC 6750 error of that reason), and whose denial record is valid against
-``schemas/denial.schema.json`` and can be written into an AMQP header table.
+``schemas/denial.schema.json`` and reads back from the headers a dead letter carries, encoded as
+warden sends them (with what repeats between cases kept from one to the next).
 
 One exception is legitimate: :class:`~worker.errors.KeysUnavailable` for a token naming a ``kid``
 the issuer does not have (yet), issued no earlier than the last key fetch and no later than now
@@ -29,7 +30,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
-from pamqp import encode
 
 from tests.attacks.world import ATTACKER, ISSUER_KEYS, OTHER_KEYS, WORLD
 from tests.support.decision import MemoryKeys, clear_warden_environment, make_gate
@@ -37,12 +37,15 @@ from tests.support.issuer import AUDIENCE, SigningKey
 from tests.support.issuer import sign as sign_with
 from tests.support.leaks import assert_no_leak
 from tests.support.schemas import DENIAL
+from tests.support.wire import decoded, denial_headers
 from worker import errors
+from worker.deadletter import DenialHeaders
 from worker.decision import Allowed, Delivery, Denied
 from worker.proof import ProofKey
 from worker.record import denial_record
 
 EXAMPLES = 2000
+DENIALS = DenialHeaders("w", max_entries=64)
 
 
 SIGNERS: list[SigningKey] = [*ISSUER_KEYS, *OTHER_KEYS, ATTACKER]
@@ -268,17 +271,19 @@ def check_verdict(case: Case, verdict: object) -> None:
     denial = verdict.denial
     assert denial.reason in errors.REASONS
     assert type(denial) is errors.REASONS[denial.reason]
+    now = datetime.now(UTC)
     record = denial_record(
-        verdict,
-        case.delivery,
-        exchange="",
-        routing_key="jobs",
-        worker="w",
-        now=datetime.now(UTC),
+        verdict, case.delivery, exchange="", routing_key="jobs", worker="w", now=now
     )
     problems = [error.message for error in DENIAL.iter_errors(record)]
     assert problems == [], problems
-    encode.field_table({"x-warden-denial": record, "x-warden-reason": record["reason"]})
+    # On the wire, from a table of kept encodings shared by every case: the same record.
+    sent = decoded(
+        DENIALS.encoded(verdict, case.delivery, exchange="", routing_key="jobs", now=now)
+    )
+    assert sent == denial_headers(
+        verdict, case.delivery, now, worker="w", exchange="", routing_key="jobs"
+    )
     assert_no_leak(json.dumps(record, default=str) + repr(denial), "a denial")
 
 

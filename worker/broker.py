@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, cast
 
 import aio_pika
@@ -23,12 +25,15 @@ from aio_pika.abc import (
     DeliveryMode,
     ExchangeType,
 )
+from pamqp import encode
 
 from . import names
 from .decision import Delivery
 from .errors import ConfigurationError, PublishFailed
 
 log = logging.getLogger("warden.consumer")
+
+_TABLE_LENGTH = struct.Struct(">I")
 
 COPIED_PROPERTIES = (
     "message_id",
@@ -265,13 +270,35 @@ def to_delivery(message: Inbound, queue: str) -> Delivery:
     )
 
 
+class _Properties(aiormq.spec.Basic.Properties):
+    """Basic properties whose headers table goes on the wire with ``more`` after its entries:
+    table entries encoded beforehand (see :mod:`worker.deadletter`)."""
+
+    def __init__(self, *, more: bytes, **properties: Any) -> None:
+        super().__init__(**properties)
+        self.more = more
+
+    def encode_property(self, name: str, value: Any) -> bytes:
+        if name != "headers":
+            return super().encode_property(name, value)
+        entries = encode.field_table(value)[4:] + self.more
+        return _TABLE_LENGTH.pack(len(entries)) + entries
+
+
 def copy_properties(
-    message: Inbound, headers: dict[str, Any], *, expiration_ms: int | None = None
+    message: Inbound,
+    headers: dict[str, Any],
+    *,
+    expiration_ms: int | None = None,
+    more_headers: bytes = b"",
 ) -> aiormq.spec.Basic.Properties:
     """The properties of a persistent copy of ``message``: the same, with the given headers
-    (and, for a message parked in a retry queue, its own expiration)."""
+    (and, for a message parked in a retry queue, its own expiration). ``more_headers`` are
+    encoded table entries that follow ``headers`` on the wire; they must not repeat a name in
+    ``headers``."""
     original = message.properties
-    return aiormq.spec.Basic.Properties(
+    make = partial(_Properties, more=more_headers) if more_headers else aiormq.spec.Basic.Properties
+    return make(
         content_type=original.content_type,
         content_encoding=original.content_encoding,
         headers=headers,

@@ -8,7 +8,6 @@ revocation, the action, scopes, delegation and proof are checked on every job.
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -38,13 +37,9 @@ class VerifiedTokens:
     def __len__(self) -> int:
         return len(self._entries)
 
-    @staticmethod
-    def digest(token: str) -> bytes:
-        """The cache key of a token."""
-        return hashlib.sha256(token.encode("ascii", "replace")).digest()
-
     def get(self, digest: bytes, now: float) -> Entry | None:
-        """The entry, while its token has not expired."""
+        """The entry of the token with this SHA-256 (see
+        :meth:`~worker.tokens.TokenCheck.digest`), while the token has not expired."""
         entry = self._entries.get(digest)
         if entry is None:
             return None

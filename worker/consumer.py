@@ -16,12 +16,13 @@ from aio_pika.abc import AbstractChannel
 from . import names
 from .acks import Acker, requeue
 from .broker import Inbound, copy_properties, describe, retry_tier, send_confirmed, to_delivery
+from .deadletter import DenialHeaders
 from .decision import Delivery, Denied, Gate
 from .errors import PublishFailed, Unavailable
 from .execution import run_action
 from .metrics import UNREGISTERED, Metrics
 from .outcomes import Again, DeadLetter, Defer, Done, Outcome
-from .record import denial_record, without_credentials
+from .record import kept_headers
 from .settings import Settings
 
 log = logging.getLogger("warden.consumer")
@@ -59,6 +60,7 @@ class Consumer:
         self.settings = settings
         self._publisher = publisher
         self._now = now
+        self._denials = DenialHeaders(settings.worker_id)
         self._tiers = settings.retry_tiers()
         self.in_flight: set[asyncio.Task[Any]] = set()
         self._acks = Acker(
@@ -230,34 +232,17 @@ class Consumer:
         self._acks.ack(message)
 
     async def _dead_letter(self, message: Inbound, delivery: Delivery, denied: Denied) -> None:
-        record = denial_record(
+        headers = kept_headers(delivery.headers, denied.token.raw if denied.token else None)
+        stamp = self._denials.encoded(
             denied,
             delivery,
             exchange=message.exchange or "",
             routing_key=message.routing_key or "",
-            worker=self.settings.worker_id,
             now=self._now(),
         )
-        headers = without_credentials(delivery.headers, denied.token.raw if denied.token else None)
-        headers[names.HEADER_REASON] = record["reason"]
-        headers[names.HEADER_DENIAL] = record
-        routing_key = names.dead_letter_routing_key(record["reason"], delivery.queue)
-        try:
-            letter = copy_properties(message, headers)
-            await self._send(message.body, letter, names.DEAD_LETTER_EXCHANGE, routing_key)
-        except (TypeError, ValueError, OverflowError) as exc:
-            # A claim AMQP cannot encode (the token's claims are the publisher's choice): the
-            # dead letter still goes out, with the token reduced to what is always encodable.
-            if record["token"] is None:
-                raise
-            log.warning(
-                "token claims not encodable in a dead letter; kept only its fingerprint",
-                extra={"message_id": delivery.message_id, "error": type(exc).__name__},
-            )
-            token = record["token"]
-            record["token"] = {"fingerprint": token["fingerprint"], "verified": token["verified"]}
-            letter = copy_properties(message, headers)
-            await self._send(message.body, letter, names.DEAD_LETTER_EXCHANGE, routing_key)
+        letter = copy_properties(message, headers, more_headers=stamp)
+        routing_key = names.dead_letter_routing_key(denied.denial.reason, delivery.queue)
+        await self._send(message.body, letter, names.DEAD_LETTER_EXCHANGE, routing_key)
 
     async def _send(self, body: bytes, properties: Any, exchange: str, routing_key: str) -> None:
         try:

@@ -278,7 +278,7 @@ class Gate:
         if cache is None:
             verified = await self._verify_fully(check)
             return verified, principal(verified.claims, verified.policy.issuer)
-        digest = cache.digest(check.raw)
+        digest = check.digest()
         now = self.clock()
         entry = cache.get(digest, now)
         if entry is not None:

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from . import names
 from .decision import Delivery, Denied
 
 
@@ -39,11 +40,16 @@ def denial_record(
     }
 
 
-def without_credentials(headers: Mapping[str, Any], token: str | None) -> dict[str, Any]:
-    """The headers minus ``authorization`` (any case) and any header that repeats the token."""
+_NEVER_KEPT = frozenset({names.HEADER_AUTHORIZATION, names.HEADER_REASON, names.HEADER_DENIAL})
+
+
+def kept_headers(headers: Mapping[str, Any], token: str | None) -> dict[str, Any]:
+    """The original headers a dead letter keeps: all but ``authorization``, any header that
+    repeats the token, and ``x-warden-reason`` and ``x-warden-denial`` (any case), which only
+    warden writes."""
     kept: dict[str, Any] = {}
     for name, value in headers.items():
-        if name.lower() == "authorization":
+        if name.lower() in _NEVER_KEPT:
             continue
         if token and isinstance(value, str | bytes) and _contains(value, token):
             continue

@@ -133,13 +133,21 @@ class TokenCheck:
     claims: dict[str, Any] | None = None
     verified: bool = False
     policy: IssuerPolicy | None = field(default=None, repr=False)
+    _digest: bytes | None = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:
         return f"TokenCheck(fingerprint={self.fingerprint()!r}, verified={self.verified})"
 
+    def digest(self) -> bytes:
+        """The SHA-256 of the token: what the cache keys it by and its fingerprint shows."""
+        digest = self._digest
+        if digest is None:
+            digest = self._digest = hashlib.sha256(self.raw.encode("ascii", "replace")).digest()
+        return digest
+
     def fingerprint(self) -> str:
         """``sha256:`` and the hex digest of the token."""
-        return "sha256:" + hashlib.sha256(self.raw.encode("ascii", "replace")).hexdigest()
+        return "sha256:" + self.digest().hex()
 
     def summary(self) -> dict[str, Any]:
         """The denial record's ``token`` member: never the token itself.
