@@ -12,6 +12,8 @@ own, with the same prefetch, bodies and headers):
   b       warden, allowed path, a no-op action, 10 tokens reused over all jobs
   c-ALG   warden, allowed path, every job its own token, signed with ALG (RS256, ES256, EdDSA)
   d       warden, denied path (scope_insufficient), dead letters included
+  d-undecided  (d) with every job given the first job's verdict: what the denied path costs
+          besides the decision. Not warden as it runs; only with --only
   e-b     FastStream + PyJWT middleware doing the same checks, tokens as in b
   e-c     the same peer, tokens as in c-RS256
 
@@ -52,6 +54,8 @@ from worker.names import retry_queue  # noqa: E402
 from worker.settings import Settings  # noqa: E402
 
 SCENARIOS = ("a", "a-relay", "b", "c-RS256", "c-ES256", "c-EdDSA", "d", "e-b", "e-c")
+EXTRA = ("d-undecided",)
+"""Run only when named in --only."""
 _ISSUER: Issuer | None = None
 
 
@@ -196,6 +200,7 @@ def main() -> None:
         "a-relay": ("relay", "bench.admin", reused, n),
         "b": ("warden", "bench.noop", reused, n),
         "d": ("warden", "bench.admin", reused, n),
+        "d-undecided": ("warden-undecided", "bench.admin", reused, n),
         "e-b": ("faststream", "bench.noop", reused, n),
     }
     for alg, minted in distinct.items():
@@ -206,7 +211,7 @@ def main() -> None:
         plan["b-x4"] = ("warden", "bench.noop", reused, 4 * n)
         wanted.append("b-x4")
 
-    order = [s for s in SCENARIOS if s in wanted and s in plan]
+    order = [s for s in (*SCENARIOS, *EXTRA) if s in wanted and s in plan]
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in order}
     for round_ in range(1, options.rounds + 1):
         # b-x4 only compares memory: once, in the last round.
@@ -275,7 +280,7 @@ def report(rounds: dict[str, list[dict[str, Any]]], n: int, prefetch: int) -> No
     path.write_text(json.dumps(summary, indent=2))
 
     print(
-        f"{'scenario':10} {'msg/s':>8} {'vs a':>6} {'(range)':>11} {'p50 µs':>7} {'p99 µs':>7}"
+        f"{'scenario':11} {'msg/s':>8} {'vs a':>6} {'(range)':>11} {'p50 µs':>7} {'p99 µs':>7}"
         f" {'RSS MB':>7} {'CPU µs/msg':>11} {'broker':>7}"
     )
     for name, r in results.items():
@@ -283,7 +288,7 @@ def report(rounds: dict[str, list[dict[str, Any]]], n: int, prefetch: int) -> No
         spread = r["ratios_to_a"]
         span = f"{min(spread):.2f}-{max(spread):.2f}" if spread else "-"
         print(
-            f"{name:10} {r['rate']:8.0f} {r['ratio_to_a'] or 0:6.2f} {span:>11} "
+            f"{name:11} {r['rate']:8.0f} {r['ratio_to_a'] or 0:6.2f} {span:>11} "
             f"{_us(p50):>7} {_us(p99):>7} "
             f"{r['peak_rss_mb']:7.1f} {r['cpu_us_per_message']:11.0f} "
             f"{_us(r['broker_cpu_us_per_message']):>7}"

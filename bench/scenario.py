@@ -147,8 +147,12 @@ async def relay(clock: Clock) -> None:
         await acks.flushed()
 
 
-async def warden(clock: Clock) -> None:
-    """warden's worker, with the decision timed and settlements counted."""
+async def warden(clock: Clock, *, first_verdict_only: bool = False) -> None:
+    """warden's worker, with the decision timed and settlements counted.
+
+    With ``first_verdict_only``, every job gets the verdict decided for the first one: not
+    warden as it runs, but what the rest of its path costs without the decision.
+    """
     from worker.actions import Registry
     from worker.consumer import Consumer
     from worker.decision import Gate
@@ -156,6 +160,14 @@ async def warden(clock: Clock) -> None:
     from worker.settings import Settings
 
     decide = Gate.decide
+    if first_verdict_only:
+        decided = Gate.decide
+        first: list[Any] = []
+
+        async def decide(self: Gate, delivery: Any) -> Any:
+            if not first:
+                first.append(await decided(self, delivery))
+            return first[0]
 
     async def timed_decide(self: Gate, delivery: Any) -> Any:
         clock.started()
@@ -199,10 +211,16 @@ async def faststream(clock: Clock) -> None:
     await serve(ARGS, clock)
 
 
+async def warden_undecided(clock: Clock) -> None:
+    """warden, every job given the first job's verdict (see :func:`warden`)."""
+    await warden(clock, first_verdict_only=True)
+
+
 KINDS: dict[str, Callable[[Clock], Any]] = {
     "baseline": baseline,
     "relay": relay,
     "warden": warden,
+    "warden-undecided": warden_undecided,
     "faststream": faststream,
 }
 
