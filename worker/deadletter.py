@@ -30,9 +30,11 @@ _ENCODING_ERRORS = (TypeError, ValueError, OverflowError)
 
 class DenialHeaders:
     """Encodes ``x-warden-reason`` and ``x-warden-denial`` for dead letters, keeping the part
-    that repeats (bounded, the least recently used going first)."""
+    that repeats for the ``max_entries`` refusals seen last. An entry holds no token, only its
+    SHA-256 and the claims a record shows, so it is no larger than the largest token warden
+    reads (``WARDEN_MAX_TOKEN_BYTES``)."""
 
-    def __init__(self, worker: str, max_entries: int = 1024) -> None:
+    def __init__(self, worker: str, max_entries: int = 256) -> None:
         self.worker = worker
         self._fixed: OrderedDict[tuple[Any, ...], tuple[bytes, bytes]] = OrderedDict()
         self._max = max_entries
