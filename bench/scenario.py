@@ -156,7 +156,7 @@ async def warden(clock: Clock, *, first_verdict_only: bool = False) -> None:
     from worker.actions import Registry
     from worker.consumer import Consumer
     from worker.decision import Gate
-    from worker.runner import Worker
+    from worker.runner import Worker, steady_collector
     from worker.settings import Settings
 
     decide = Gate.decide
@@ -198,6 +198,7 @@ async def warden(clock: Clock, *, first_verdict_only: bool = False) -> None:
     )
     stop = asyncio.Event()
     worker = Worker(settings, Registry.from_modules(["bench.actions"]))
+    steady_collector()  # as warden run does
     task = asyncio.create_task(worker.run(stop))
     await clock.done.wait()
     stop.set()

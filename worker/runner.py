@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -38,6 +39,25 @@ from .settings import Settings
 from .tokens import IssuerPolicy, Trust
 
 log = logging.getLogger("warden.worker")
+
+
+YOUNG_COLLECTION_EVERY = 10_000
+"""Allocations between two collections of the youngest generation (CPython's default: 700)."""
+
+
+def steady_collector() -> None:
+    """Set CPython's cyclic garbage collector for a process that consumes until it stops; called
+    by ``warden run`` once everything is imported and configured.
+
+    What start-up made (modules, classes, settings, actions) lives as long as the process:
+    ``gc.freeze`` keeps it out of every later full collection. And a message in flight holds
+    tasks, futures and frames that outlive 700 allocations, so with the default threshold the
+    collector promoted and scanned them again several times per message; with the benchmark's
+    256 messages in flight that cost a denied message about 25 µs of its 190.
+    """
+    gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_EVERY, middle, oldest)
 
 
 def build_trust(settings: Settings) -> Trust:

@@ -17,7 +17,7 @@ from .common import fail, settings_or_exit
 @click.command()
 def run() -> None:
     """Run the worker until SIGTERM or SIGINT (configured by WARDEN_* variables)."""
-    from ..runner import Worker
+    from ..runner import Worker, steady_collector
 
     settings = settings_or_exit(Settings)
     try:
@@ -37,6 +37,7 @@ def run() -> None:
             loop.add_signal_handler(sig, stop.set)
         await Worker(settings, registry).run(stop)
 
+    steady_collector()
     try:
         asyncio.run(serve())
     except ConfigurationError as exc:
