@@ -29,8 +29,9 @@ log = logging.getLogger("warden.consumer")
 class Acker:
     """Tracks the unsettled deliveries of one consumer channel and sends their acks.
 
-    :meth:`ack` returns at once; the frame leaves at the end of the loop iteration. Before its
-    connection closes, a worker waits for :meth:`flushed`.
+    :meth:`ack` returns at once; the frame leaves within the linger, or at the end of the loop
+    iteration once a batch has gathered. Before its connection closes, a worker waits for
+    :meth:`flushed`.
     """
 
     def __init__(self, *, linger: float = 0.0, batch: int = 1) -> None:
@@ -72,7 +73,7 @@ class Acker:
             self._open.pop(message.delivery_tag, None)
 
     def ack(self, message: Inbound) -> None:
-        """Ack ``message`` with the others of this loop iteration."""
+        """Ack ``message`` with the others given within the linger."""
         tag = message.delivery_tag
         if message.channel is not self._channel or tag not in self._open:
             self._start(ack(message))
