@@ -19,6 +19,7 @@ from tests.support.issuer import Issuer, JwksServer, jwks_server
 from tests.support.logwatch import LogWatch
 from tests.support.rabbit import Rabbit
 from worker.actions import Registry
+from worker.revocation import RevocationList
 from worker.runner import Worker
 from worker.settings import Settings
 
@@ -154,11 +155,17 @@ async def start_worker(
     """Start in-process workers on the test's queue; stop them and delete the queue afterwards."""
     running: list[Running] = []
 
-    async def start(registry: Registry = REGISTRY, **overrides: Any) -> Running:
-        settings = worker_settings(broker_url, jwks, issuer, queue_name, **overrides)
+    async def start(
+        registry: Registry = REGISTRY,
+        *,
+        revocations: RevocationList | None = None,
+        **overrides: Any,
+    ) -> Running:
+        url = overrides.pop("broker_url", broker_url)
+        settings = worker_settings(url, jwks, issuer, queue_name, **overrides)
         for queue in settings.queues:
             rabbit.forget_later(queue, settings.retry_tiers())
-        worker = Worker(settings, registry)
+        worker = Worker(settings, registry, revocations=RevocationList() if revocations is None else revocations)
         handle = Running(worker)
         running.append(handle)
         task = handle.task

@@ -13,10 +13,8 @@ import pytest
 
 from tests.support.actions import ran
 from tests.support.issuer import Issuer
-from tests.support.logwatch import LogWatch
 from tests.support.rabbit import Rabbit
-from worker import names
-from worker.feed import revoke, stream_arguments
+from worker.feed import revoke
 from worker.revocation import Revocation
 
 pytestmark = pytest.mark.broker
@@ -104,39 +102,3 @@ async def test_two_workers_both_deny_soon_after_the_event(
     deciders = {letter.headers["x-warden-denial"]["worker"] for letter in letters}
     assert deciders == {handle.worker.settings.worker_id for handle in running}
     assert ran.jobs == []
-
-
-async def test_jobs_wait_while_the_feed_is_gone_and_are_decided_when_it_is_back(
-    start_worker: Any,
-    rabbit: Rabbit,
-    issuer: Issuer,
-    queue_name: str,
-    logwatch: LogWatch,
-) -> None:
-    await start_worker(revocation_max_staleness=0.5)
-    channel = await rabbit.connection.channel()
-    await channel.queue_delete(names.REVOCATION_STREAM)
-    await logwatch.wait_for(lambda r: r.getMessage().startswith("revocation feed stale"))
-
-    ids = [await rabbit.job(queue_name, "reports.read", issuer.token()) for _ in range(3)]
-    denied = await rabbit.job(queue_name, "admin.purge", issuer.token())
-    for mid in [*ids, denied]:
-        await logwatch.wait_for(
-            lambda r, mid=mid: (
-                r.getMessage().startswith("no verdict yet")
-                and r.message_id == mid
-                and "revocation feed" in r.why
-            )
-        )
-    assert ran.jobs == []
-    assert await rabbit.depth(names.dead_letter_queue(queue_name)) == 0
-
-    await channel.declare_queue(
-        names.REVOCATION_STREAM, durable=True, arguments=stream_arguments("24h")
-    )
-    jobs = await ran.wait_for(3, timeout=20)
-    assert sorted(j.id for j in jobs) == sorted(ids)
-    [letter] = await rabbit.dead_letters(queue_name, 1)
-    assert letter.message_id == denied
-    assert letter.headers["x-warden-reason"] == "scope_insufficient"
-    assert "revocation feed back; jobs are decided again" in logwatch.messages()

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, FormatChecker
 
 from tests.support.schemas import Validator, ecma_anchors
@@ -575,6 +577,77 @@ def test_a_large_list_still_answers_correctly() -> None:
         assert not revoked(revocations, token(i, iat=old), issuers[i % 5 % 3] or ISS), i
     for i in [SCALE // 2, SCALE // 2 + 1, SCALE // 2 + 2, SCALE - 1]:
         assert revoked(revocations, token(i, iat=old), issuers[i % 5 % 3] or ISS), i
+
+
+# --- the list against a reference model -------------------------------------------------------
+
+_VALUES = ("a", "b")
+_ISSUERS = (None, ISS, OTHER_ISS)
+_EXPIRIES = (NOW - 1, NOW + 10, NOW + 20)
+"""Few values, so that events collide on key and on expiry (the case that once broke the heap)."""
+
+
+@st.composite
+def _events(draw: st.DrawFn) -> Revocation:
+    subject = draw(st.sampled_from(("jti", "sub", "client_id")))
+    before = None if subject == "jti" else draw(st.sampled_from((NOW - 100, NOW - 50)))
+    return Revocation(
+        subject,
+        draw(st.sampled_from(_VALUES)),
+        draw(st.sampled_from(_ISSUERS)),
+        before,
+        draw(st.sampled_from(_EXPIRIES)),
+    )
+
+
+def _reference(events: list[Revocation], now: float) -> dict[Any, tuple[float | None, float]]:
+    """What the list must hold: one entry per key, its widest cut-off and latest expiry."""
+    model: dict[Any, tuple[float | None, float]] = {}
+    for event in events:
+        if event.expires_at <= now:
+            continue
+        key = (event.subject, event.issuer, event.value)
+        before, expires = event.issued_before, event.expires_at
+        if key in model:
+            old_before, old_expires = model[key]
+            before = None if before is None else max(before, old_before or before)
+            expires = max(expires, old_expires)
+        model[key] = (before, expires)
+    return model
+
+
+@given(st.lists(_events(), max_size=40), st.randoms(use_true_random=False))
+@settings(max_examples=300, deadline=None)
+def test_any_sequence_of_events_builds_the_reference_list(
+    events: list[Revocation], shuffler: Any
+) -> None:
+    expected = _reference(events, NOW)
+    shuffled = list(events)
+    shuffler.shuffle(shuffled)
+    for order in (events, shuffled):
+        revocations = RevocationList()
+        for event in order:
+            revocations.add(event, NOW)
+        assert revocations.entries() == expected
+        # Pruning forgets exactly what has expired by then, in any order of expiry.
+        for later in (NOW + 10, NOW + 20):
+            revocations.prune(later)
+            assert revocations.entries() == {
+                key: entry for key, entry in expected.items() if entry[1] > later
+            }
+
+
+def test_equal_expiries_with_and_without_an_issuer_are_both_held() -> None:
+    revocations = RevocationList()
+    assert revocations.add(Revocation("jti", "a", None, None, NOW + 60), NOW)
+    assert revocations.add(Revocation("jti", "b", ISS, None, NOW + 60), NOW)
+    assert revocations.add(Revocation("sub", "c", None, NOW, NOW + 60), NOW)
+    assert revocations.add(Revocation("sub", "d", OTHER_ISS, NOW, NOW + 60), NOW)
+    assert revoked(revocations, _token(jti="a"))
+    assert revoked(revocations, _token(jti="b"))
+    assert revoked(revocations, _token(sub="c"))
+    assert revoked(revocations, _token(sub="d"), OTHER_ISS)
+    assert revocations.prune(NOW + 60) == 4
 
 
 # --- what a denial tells ----------------------------------------------------------------------

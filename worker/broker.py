@@ -193,14 +193,37 @@ class Subscriptions:
         self._tags: dict[str, str] = {}
         """Queue by consumer tag, on the current transport channel."""
         self._again: set[asyncio.Task[None]] = set()
+        self._paused = False
 
     async def start(self) -> None:
         self._channel.reopen_callbacks.add(self._reopened)
         await self._consume()
 
+    async def pause(self) -> None:
+        """Cancel every consumer, and register none again until :meth:`resume`: new jobs wait
+        in their queues. Deliveries already received are still handled."""
+        if self._paused:
+            return
+        self._paused = True
+        await self._cancel_all()
+
+    async def resume(self) -> None:
+        """Consume again after :meth:`pause`."""
+        if not self._paused:
+            return
+        self._paused = False
+        try:
+            await self._consume()
+        except (aiormq.exceptions.AMQPError, RuntimeError, ConnectionError) as exc:
+            # The channel is down: its restore registers the consumers (_reopened).
+            log.info("consuming again once the channel reopens", extra={"error": describe(exc)})
+
     async def stop(self) -> None:
         """Cancel every consumer; deliveries already received are still handled."""
         self._channel.reopen_callbacks.discard(self._reopened)
+        await self._cancel_all()
+
+    async def _cancel_all(self) -> None:
         for task in self._again:
             task.cancel()
         transport, tags = self._transport, self._tags
@@ -211,6 +234,8 @@ class Subscriptions:
                 await transport.basic_cancel(tag)
 
     async def _reopened(self, _: object) -> None:
+        if self._paused:
+            return
         await self._consume()
         log.info("consuming again on a reopened channel", extra={"queues": list(self._callbacks)})
 
@@ -227,7 +252,7 @@ class Subscriptions:
 
     def _cancelled(self, frame: aiormq.spec.Basic.Cancel) -> None:
         queue = self._tags.pop(frame.consumer_tag or "", None)
-        if queue is None or self._transport is None:
+        if queue is None or self._transport is None or self._paused:
             return
         log.warning("the broker cancelled the consumer; consuming again", extra={"queue": queue})
         task = asyncio.ensure_future(self._resubscribe(self._transport, queue))

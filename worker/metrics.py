@@ -77,10 +77,12 @@ class StateCollector(Collector):
         *,
         in_flight: Callable[[], int],
         revocation_entries: Callable[[], int],
+        revocation_faults: Callable[[], int],
         jwks: Callable[[], Iterator[tuple[str, int, int]]],
     ) -> None:
         self._in_flight = in_flight
         self._revocations = revocation_entries
+        self._faults = revocation_faults
         self._jwks = jwks
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
@@ -92,6 +94,11 @@ class StateCollector(Collector):
             "warden_revocation_entries",
             "Revocation entries held (those not yet expired).",
             value=self._revocations(),
+        )
+        yield CounterMetricFamily(
+            "warden_revocation_faults",
+            "Revocation events warden failed to apply (each stops decisions until re-applied).",
+            value=self._faults(),
         )
         fetches = CounterMetricFamily(
             "warden_jwks_fetches",

@@ -8,6 +8,7 @@ is forgotten at its ``expires_at``, so memory holds only what can still matter.
 from __future__ import annotations
 
 import heapq
+import itertools
 import json
 import math
 import re
@@ -116,7 +117,10 @@ class RevocationList:
     def __init__(self) -> None:
         # (subject, issuer or None, value) -> (issued_before or None for a jti, expires_at)
         self._entries: dict[_Key, tuple[float | None, float]] = {}
-        self._expiry: list[tuple[float, _Key]] = []
+        # (expires_at, sequence, key): the sequence number breaks ties between equal expiries,
+        # so the heap never compares two keys (whose issuer may be None beside a string).
+        self._expiry: list[tuple[float, int, _Key]] = []
+        self._sequence = itertools.count()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -134,19 +138,24 @@ class RevocationList:
                 before = max(before, old[0])
             expires = max(expires, old[1])
         self._entries[key] = (before, expires)
-        heapq.heappush(self._expiry, (expires, key))
+        if old is None or expires > old[1]:
+            heapq.heappush(self._expiry, (expires, next(self._sequence), key))
         return True
 
     def prune(self, now: float) -> int:
         """Forget entries whose ``expires_at`` has passed; return how many went."""
         gone = 0
         while self._expiry and self._expiry[0][0] <= now:
-            _, key = heapq.heappop(self._expiry)
+            _, _, key = heapq.heappop(self._expiry)
             entry = self._entries.get(key)
             if entry is not None and entry[1] <= now:
                 del self._entries[key]
                 gone += 1
         return gone
+
+    def entries(self) -> dict[_Key, tuple[float | None, float]]:
+        """A copy of every entry: ``(subject, issuer, value) -> (issued_before, expires_at)``."""
+        return dict(self._entries)
 
     def check(self, claims: Mapping[str, Any], issuer: str) -> None:
         """Raise :class:`~worker.errors.TokenRevoked` when an entry covers the token."""

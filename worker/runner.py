@@ -134,6 +134,17 @@ async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
             task.cancel()
 
 
+async def _hold_while_unreliable(feed: RevocationFeed, subscriptions: Subscriptions) -> None:
+    """Take no job while the revocation list cannot be relied on: jobs wait in their queues."""
+    while True:
+        await feed.wait_unreliable()
+        await subscriptions.pause()
+        log.warning("not taking jobs until the revocation feed is current")
+        await feed.wait_reliable()
+        await subscriptions.resume()
+        log.warning("taking jobs again")
+
+
 @dataclass
 class Worker:
     """One worker process's consumers, over every configured queue."""
@@ -148,12 +159,15 @@ class Worker:
     consumer: Consumer | None = None
     metrics: Metrics = field(default_factory=Metrics)
     http: HealthServer | None = None
+    revocations: RevocationList = field(default_factory=RevocationList)
+    """The list the feed fills (given by tests that inject faults into it)."""
 
     def __post_init__(self) -> None:
         self.metrics.watch(
             StateCollector(
                 in_flight=lambda: len(self.consumer.in_flight) if self.consumer else 0,
                 revocation_entries=lambda: len(self.feed.revocations) if self.feed else 0,
+                revocation_faults=lambda: self.feed.faults if self.feed else 0,
                 jwks=lambda: iter(self.keyring.fetch_counts() if self.keyring else ()),
             )
         )
@@ -199,7 +213,7 @@ class Worker:
             keyring = self.keyring = build_keyring(settings, http)
             await keyring.load()
             feed = self.feed = RevocationFeed(
-                url, RevocationList(), max_staleness=settings.revocation_max_staleness
+                url, self.revocations, max_staleness=settings.revocation_max_staleness
             )
             trust = build_trust(settings)
             gate = Gate(
@@ -250,6 +264,7 @@ class Worker:
             channel, {name: partial(consumer.on_message, name) for name in queues}
         )
         await subscriptions.start()
+        tasks.append(background.create_task(_hold_while_unreliable(feed, subscriptions)))
         log.info(
             "consuming",
             extra={

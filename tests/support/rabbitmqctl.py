@@ -1,8 +1,13 @@
-"""The broker's own command line, for what AMQP cannot do: close a client's connection."""
+"""The broker's own command line, for what AMQP cannot do: close a client's connection, make a
+virtual host."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from urllib.parse import quote, urlsplit, urlunsplit
 
 
 async def _rabbitmqctl(*args: str) -> str:
@@ -22,3 +27,18 @@ async def close_connection_named(name: str) -> None:
     pids = [line.split("\t", 1)[0] for line in listing.splitlines() if f'"{name}"' in line]
     assert len(pids) == 1, listing
     await _rabbitmqctl("close_connection", pids[0], "closed by a test")
+
+
+@contextlib.asynccontextmanager
+async def scratch_vhost(broker_url: str) -> AsyncIterator[str]:
+    """A virtual host of the test's own on the shared broker, with the URL's user allowed
+    everything in it; deleted afterwards with everything in it (its revocation stream too)."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    parts = urlsplit(broker_url)
+    await _rabbitmqctl("add_vhost", name)
+    try:
+        user = parts.username or "guest"
+        await _rabbitmqctl("set_permissions", "-p", name, user, ".*", ".*", ".*")
+        yield urlunsplit(parts._replace(path="/" + quote(name, safe="")))
+    finally:
+        await _rabbitmqctl("delete_vhost", name)
