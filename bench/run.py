@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.support.issuer import Issuer, JwksServer, SigningKey  # noqa: E402
-from worker.broker import declare_topology  # noqa: E402
+from worker.amqp.topology import declare_topology  # noqa: E402
 from worker.names import retry_queue  # noqa: E402
 from worker.settings import Settings  # noqa: E402
 

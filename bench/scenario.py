@@ -121,8 +121,8 @@ async def baseline(clock: Clock) -> None:
 async def relay(clock: Clock) -> None:
     """The floor under (d): warden's own transport with no decision. Each delivery is copied to
     ``<queue>.dlq`` with a confirm, as a dead letter is, then acked; nothing else is done."""
-    from worker.acks import Acker
-    from worker.broker import Inbound, Subscriptions, copy_properties, send_confirmed
+    from worker.amqp.inbound import Inbound, Subscriptions
+    from worker.amqp.outbound import Acker, copy_properties, send_copy
 
     connection = await aio_pika.connect_robust(URL)
     async with connection:
@@ -135,8 +135,7 @@ async def relay(clock: Clock) -> None:
             clock.started()
             acks.delivered(message)
             copy = copy_properties(message, dict(message.properties.headers or {}))
-            transport = await publisher.get_underlay_channel()
-            await send_confirmed(transport, message.body, copy, "", f"{QUEUE}.dlq")
+            await send_copy(publisher, message.body, copy, "", f"{QUEUE}.dlq")
             acks.ack(message)
             clock.one_settled()
 
@@ -153,10 +152,10 @@ async def warden(clock: Clock, *, first_verdict_only: bool = False) -> None:
     With ``first_verdict_only``, every job gets the verdict decided for the first one: not
     warden as it runs, but what the rest of its path costs without the decision.
     """
-    from worker.actions import Registry
-    from worker.consumer import Consumer
-    from worker.decision import Gate
-    from worker.runner import Worker, steady_collector
+    from worker.pipeline.actions import Registry
+    from worker.pipeline.decision import Gate
+    from worker.service.consumer import Consumer
+    from worker.service.runner import Worker, steady_collector
     from worker.settings import Settings
 
     decide = Gate.decide

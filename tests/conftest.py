@@ -18,9 +18,9 @@ from tests.support.actions import ran
 from tests.support.issuer import Issuer, JwksServer, jwks_server
 from tests.support.logwatch import LogWatch
 from tests.support.rabbit import Rabbit
-from worker.actions import Registry
-from worker.revocation import RevocationList
-from worker.runner import Worker
+from worker.auth.revocation import RevocationList
+from worker.pipeline.actions import Registry
+from worker.service.runner import Worker
 from worker.settings import Settings
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -165,7 +165,9 @@ async def start_worker(
         settings = worker_settings(url, jwks, issuer, queue_name, **overrides)
         for queue in settings.queues:
             rabbit.forget_later(queue, settings.retry_tiers())
-        worker = Worker(settings, registry, revocations=RevocationList() if revocations is None else revocations)
+        worker = Worker(
+            settings, registry, revocations=RevocationList() if revocations is None else revocations
+        )
         handle = Running(worker)
         running.append(handle)
         task = handle.task
@@ -190,8 +192,8 @@ async def start_worker(
 
 _LOG_GUARD: list[Any] = []
 _CAPPED_LIBRARIES = ("aiormq", "aio_pika", "httpx", "httpcore")
-"""Loggers ``worker.logs.configure`` holds at WARNING even with WARDEN_LOG_LEVEL=DEBUG: at DEBUG,
-aio-pika logs every message it publishes, headers and all, the test's own jobs included."""
+"""Loggers ``worker.ops.logs.configure`` holds at WARNING even with WARDEN_LOG_LEVEL=DEBUG: at
+DEBUG, aio-pika logs every message it publishes, headers and all, the test's own jobs included."""
 
 
 def _attach_log_guard() -> None:
@@ -229,5 +231,5 @@ def _no_token_in_any_log_line() -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def _log_guard_stays_attached() -> None:
-    """A test that reconfigures logging (``worker.logs.configure``) must not blind the guard."""
+    """A test that reconfigures logging (``worker.ops.logs.configure``) must not blind the guard."""
     _attach_log_guard()

@@ -8,10 +8,10 @@ import jwt
 
 from tests.support.decision import REGISTRY, MemoryKeys, delivery
 from tests.support.issuer import Issuer, JwksServer, SigningKey
-from worker.cache import VerifiedTokens
-from worker.decision import Allowed, Denied, Gate
-from worker.revocation import Revocation, RevocationList
-from worker.runner import build_trust
+from worker.auth.revocation import Revocation, RevocationList
+from worker.auth.setup import build_trust
+from worker.auth.verified import VerifiedTokens
+from worker.pipeline.decision import Allowed, Denied, Gate
 from worker.settings import Settings
 
 

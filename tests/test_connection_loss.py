@@ -13,7 +13,7 @@ from tests.support.issuer import Issuer
 from tests.support.logwatch import LogWatch
 from tests.support.rabbit import Rabbit
 from tests.support.rabbitmqctl import close_connection_named
-from worker.acks import ack
+from worker.amqp.outbound import ack
 
 pytestmark = [
     pytest.mark.broker,

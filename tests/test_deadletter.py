@@ -1,4 +1,4 @@
-"""The warden headers of a dead letter as they go on the wire (SPEC section 3).
+"""The warden headers of a dead letter as they go on the wire (``docs/dead-letters.md``).
 
 What repeats from one refusal to the next is encoded once and kept, so these tests decode what
 goes out and hold it against the denial record built afresh for the same refusal: a kept
@@ -25,11 +25,12 @@ from tests.support.leaks import assert_no_leak
 from tests.support.schemas import DENIAL
 from tests.support.wire import decoded, denial_headers
 from worker import errors
-from worker.broker import Inbound, copy_properties
-from worker.deadletter import DenialHeaders
-from worker.decision import Delivery, Denied
-from worker.record import kept_headers
-from worker.tokens import TokenCheck
+from worker.amqp.inbound import Inbound
+from worker.amqp.outbound import copy_properties
+from worker.auth.tokens import TokenCheck
+from worker.deadletters.write import DenialHeaders, kept_headers
+from worker.pipeline.decision import Denied
+from worker.pipeline.delivery import Delivery
 
 MOMENT = datetime(2026, 1, 2, 3, 4, 5, 678_000, tzinfo=UTC)
 

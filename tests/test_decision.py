@@ -1,8 +1,9 @@
-"""The decision of SPEC section 2 without a broker, check by check.
+"""The decision (``docs/checks.md``) without a broker, check by check.
 
 Every case asserts the exact reason code of the first failing check, that the denial never leaks
 the token (``assert_denied``), and what the denial's token summary says. Keys come from a real
-in-memory key store over the test issuers' JWKS documents, parsed by :func:`worker.keys.parse_jwks`.
+in-memory key store over the test issuers' JWKS documents, parsed by
+:func:`worker.auth.keys.parse_jwks`.
 The catalogue of named attacks (``alg: none``, key injection, JWE, duplicate members, confused
 tokens, oversized input ...) is ``tests/attacks/``; delegation and proof of possession (checks 16
 and 17) are ``tests/test_delegation.py`` and ``tests/test_proof.py``.
@@ -33,7 +34,8 @@ from tests.support.issuer import AUDIENCE, DROP, Issuer, SigningKey, b64, encode
 from tests.support.issuer import sign as sign_as
 from tests.support.leaks import minted
 from worker import errors
-from worker.decision import Delivery, Gate
+from worker.pipeline.decision import Gate
+from worker.pipeline.delivery import Delivery
 
 ISSUER_URL = "https://issuer.test/realms/main"
 OTHER_URL = "https://other-issuer.test/realms/b"

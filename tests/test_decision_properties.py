@@ -39,10 +39,10 @@ from tests.support.leaks import assert_no_leak
 from tests.support.schemas import DENIAL
 from tests.support.wire import decoded, denial_headers
 from worker import errors
-from worker.deadletter import DenialHeaders
-from worker.decision import Allowed, Delivery, Denied
-from worker.proof import ProofKey
-from worker.record import denial_record
+from worker.auth.proof import ProofKey
+from worker.deadletters.write import DenialHeaders, denial_record
+from worker.pipeline.decision import Allowed, Denied
+from worker.pipeline.delivery import Delivery
 
 EXAMPLES = 2000
 DENIALS = DenialHeaders("w", max_entries=64)

@@ -1,4 +1,4 @@
-"""Delegation (SPEC check 16): which actors may act for a subject, per action.
+"""Delegation (check 16, ``docs/actions.md``): which actors may act for a subject, per action.
 
 ``reports.generate`` allows no delegation (the default), ``reports.delegated`` allows ``agent-x``
 and ``reports.any_actor`` allows any actor (``tests/support/actions.py``). Only the current actor,
@@ -27,9 +27,9 @@ from tests.support.leaks import assert_no_leak
 from tests.support.rabbit import Rabbit
 from tests.support.schemas import DENIAL
 from worker import ANY_ACTOR, Job, action
-from worker.actions import Registry
-from worker.decision import Gate
 from worker.errors import ConfigurationError
+from worker.pipeline.actions import Registry
+from worker.pipeline.decision import Gate
 
 
 @pytest.fixture(autouse=True)

@@ -39,8 +39,8 @@ from jsonschema import Draft202012Validator
 from kubernetes_validate.utils import latest_version
 from pydantic import SecretStr
 
-from worker.actions import Registry
 from worker.cli import main as cli
+from worker.pipeline.actions import Registry
 from worker.settings import ENV_PREFIX, BrokerSettings, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -72,7 +72,7 @@ async def test_a_fault_in_warden_itself_returns_the_message_until_the_delivery_l
     logwatch: LogWatch,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from worker.decision import Gate
+    from worker.pipeline.decision import Gate
 
     async def broken(self: Gate, delivery: Any) -> Any:
         raise RuntimeError("a bug in the decision")

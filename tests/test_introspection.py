@@ -14,10 +14,11 @@ from tests.support.actions import ran
 from tests.support.issuer import Issuer, JwksServer
 from tests.support.rabbit import Rabbit
 from worker import errors
-from worker.actions import Registry
-from worker.decision import Allowed, Delivery, Denied, Gate
-from worker.keys import Keyring
-from worker.runner import build_introspector, build_keyring, build_trust
+from worker.auth.keys import Keyring
+from worker.auth.setup import build_introspector, build_keyring, build_trust
+from worker.pipeline.actions import Registry
+from worker.pipeline.decision import Allowed, Denied, Gate
+from worker.pipeline.delivery import Delivery
 from worker.settings import Settings
 
 REGISTRY = Registry.from_modules(["tests.support.actions", "tests.support.introspected"])

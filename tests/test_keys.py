@@ -13,7 +13,7 @@ import pytest
 from tests.support.actions import ran
 from tests.support.issuer import Issuer, JwksServer, SigningKey
 from tests.support.rabbit import Rabbit
-from worker.keys import IssuerKeys
+from worker.auth.keys import IssuerKeys
 
 
 @pytest.fixture

@@ -298,8 +298,8 @@ async def test_metrics_count_decisions_by_reason_and_readyz_follows_readiness(
 async def test_readyz_is_503_while_the_broker_cannot_be_reached(
     jwks: JwksServer, issuer: Issuer
 ) -> None:
-    from worker.actions import Registry
-    from worker.runner import Worker
+    from worker.pipeline.actions import Registry
+    from worker.service.runner import Worker
     from worker.settings import Settings
 
     settings = Settings(

@@ -19,8 +19,8 @@ from tests.support.issuer import Issuer, JwksServer
 from tests.support.leaks import assert_no_leak, minted
 from tests.support.rabbit import Rabbit
 from worker import names
-from worker.letters import dead_letter_reason
-from worker.publisher import publish_jobs
+from worker.amqp.publisher import publish_jobs
+from worker.deadletters.read import dead_letter_reason
 
 pytestmark = pytest.mark.broker
 

@@ -1,8 +1,8 @@
-"""Sender-constrained jobs (SPEC section 8, check 17): a token bound to a key by ``cnf.jkt`` runs
-a job only with an ``x-warden-proof`` signed by that key over that very job.
+"""Sender-constrained jobs (``docs/proof-of-possession.md``, check 17): a token bound to a key
+by ``cnf.jkt`` runs a job only with an ``x-warden-proof`` signed by that key over that very job.
 
 Decision-level cases cover each rule; the end-to-end cases send the must-show set through
-RabbitMQ with proofs made by :mod:`worker.publisher`, as ``warden publish --proof-key`` does.
+RabbitMQ with proofs made by :mod:`worker.amqp.publisher`, as ``warden publish --proof-key`` does.
 """
 
 from __future__ import annotations
@@ -38,9 +38,10 @@ from tests.support.leaks import assert_no_leak
 from tests.support.rabbit import Rabbit
 from tests.support.schemas import DENIAL
 from worker import errors
-from worker.decision import Delivery, Gate
-from worker.proof import ProofKey, b64url_sha256, check_proof, jwk_thumbprint
-from worker.publisher import job_message, publish_jobs
+from worker.amqp.publisher import job_message, publish_jobs
+from worker.auth.proof import ProofKey, b64url_sha256, check_proof, jwk_thumbprint
+from worker.pipeline.decision import Gate
+from worker.pipeline.delivery import Delivery
 
 
 def pem(private: Any) -> bytes:

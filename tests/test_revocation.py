@@ -14,8 +14,8 @@ import pytest
 from tests.support.actions import ran
 from tests.support.issuer import Issuer
 from tests.support.rabbit import Rabbit
-from worker.feed import revoke
-from worker.revocation import Revocation
+from worker.amqp.feed import revoke
+from worker.auth.revocation import Revocation
 
 pytestmark = pytest.mark.broker
 

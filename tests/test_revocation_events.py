@@ -1,9 +1,9 @@
 """Revocation events and the revocation list, without a broker.
 
 ``schemas/revocation.schema.json`` is what publishers of the feed validate against;
-``worker.revocation.Revocation`` is what warden enforces, and ``RevocationList`` is what check 13
-consults. The schema and the code must agree on every event; the list must deny exactly what the
-events it holds cover, for as long as they hold. Time is plain POSIX floats throughout.
+``worker.auth.revocation.Revocation`` is what warden enforces, and ``RevocationList`` is what
+check 13 consults. The schema and the code must agree on every event; the list must deny exactly
+what the events it holds cover, for as long as they hold. Time is plain POSIX floats throughout.
 """
 
 from __future__ import annotations
@@ -22,14 +22,15 @@ from jsonschema import Draft202012Validator, FormatChecker
 
 from tests.support.schemas import Validator, ecma_anchors
 from worker import errors
-from worker.revocation import _RFC3339, InvalidEvent, Revocation, RevocationList
+from worker.auth.revocation import _RFC3339, Revocation, RevocationList
+from worker.errors import InvalidEvent
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "revocation.schema.json"
 SCHEMA: dict[str, Any] = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
 
 
 # `date-time` is only checked by jsonschema when rfc3339-validator is installed, and it is not a
-# dependency: check RFC 3339 section 5.6 here, independently of worker.revocation (no leap
+# dependency: check RFC 3339 section 5.6 here, independently of worker.auth.revocation (no leap
 # seconds, which warden does not take either).
 _DATE_TIME = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]+)?"

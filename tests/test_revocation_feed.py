@@ -26,8 +26,9 @@ from tests.support.logwatch import LogWatch
 from tests.support.rabbit import Rabbit
 from tests.support.rabbitmqctl import scratch_vhost
 from worker import errors, names
-from worker.feed import RevocationFeed, declare_stream, revoke, stream_arguments
-from worker.revocation import Revocation, RevocationList
+from worker.amqp.feed import RevocationFeed, revoke
+from worker.amqp.topology import declare_stream, stream_arguments
+from worker.auth.revocation import Revocation, RevocationList
 
 pytestmark = pytest.mark.broker
 

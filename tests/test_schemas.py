@@ -1,8 +1,9 @@
 """The published JSON Schemas and the code that enforces them must not drift apart.
 
-``schemas/job.schema.json`` is what publishers validate against; ``worker.decision.read_job`` is
-what warden enforces. ``schemas/denial.schema.json`` is what dead-letter tooling reads;
-``worker.record.denial_record`` and ``worker.errors`` are what warden writes. No broker needed.
+``schemas/job.schema.json`` is what publishers validate against;
+``worker.pipeline.decision.read_job`` is what warden enforces. ``schemas/denial.schema.json`` is
+what dead-letter tooling reads; ``worker.deadletters.write.denial_record`` and ``worker.errors``
+are what warden writes. No broker needed.
 """
 
 from __future__ import annotations
@@ -18,11 +19,19 @@ from jsonschema import Draft202012Validator
 from tests.support.issuer import AUDIENCE, Issuer, SigningKey
 from tests.support.schemas import DENIAL, DENIAL_SCHEMA, Validator, load
 from worker import errors
-from worker.decision import Delivery, Denied, JobRequest, bearer_token, read_job
-from worker.keys import parse_jwks
-from worker.record import denial_record
+from worker.auth.keys import parse_jwks
+from worker.auth.setup import issuer_policy
+from worker.auth.tokens import (
+    SUMMARY_CLAIMS,
+    TokenCheck,
+    Trust,
+    VerificationKey,
+    verify,
+)
+from worker.deadletters.write import denial_record
+from worker.pipeline.decision import Denied, JobRequest, bearer_token, read_job
+from worker.pipeline.delivery import Delivery
 from worker.settings import DEFAULT_REQUIRED_CLAIMS, IssuerSettings
-from worker.tokens import SUMMARY_CLAIMS, IssuerPolicy, TokenCheck, Trust, VerificationKey, verify
 
 ERROR_CLASSES = ("invalid_request", "invalid_token", "insufficient_scope")
 
@@ -353,7 +362,7 @@ def trust() -> Trust:
         algorithms=("EdDSA", "RS256"),
         required_claims=DEFAULT_REQUIRED_CLAIMS,
     )
-    return Trust([IssuerPolicy.from_settings(settings)], leeway=30, max_token_bytes=8192)
+    return Trust([issuer_policy(settings)], leeway=30, max_token_bytes=8192)
 
 
 class Keys:

@@ -1,4 +1,5 @@
-"""Configuration (SPEC section 6): a bad value stops start-up with a message naming the variable."""
+"""Configuration (``docs/configuration.md``): a bad value stops start-up with a message naming
+the variable."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """``python -m worker``: the same as the ``warden`` command."""
 
-from .cli import main
+from worker.cli import main
 
 main()

@@ -1,14 +1,14 @@
-"""The ``warden`` command (SPEC section 7)."""
+"""The ``warden`` command: one console script, its subcommands in :mod:`worker.commands`."""
 
 from __future__ import annotations
 
 import click
 
-from .commands.dlq import dlq
-from .commands.explain import explain
-from .commands.publish import publish
-from .commands.revoke import revoke
-from .commands.run import run
+from worker.commands.dlq import dlq
+from worker.commands.explain import explain
+from worker.commands.publish import publish
+from worker.commands.revoke import revoke
+from worker.commands.run import run
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

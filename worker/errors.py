@@ -1,8 +1,10 @@
-"""warden's error root: denials with stable reason codes, and verdicts that cannot be reached.
+"""warden's one error root, with a permanent and a transient branch.
 
-A denial is permanent: the message is dead-lettered with the class's ``reason`` and its RFC 6750
-``error`` class. An :class:`Unavailable` is transient: the message waits and is decided later.
-The reason always comes from the class, never from the text of the exception.
+A :class:`Permanent` error gives the same answer however often it is tried: a denial (the
+message is dead-lettered with the class's ``reason`` and its RFC 6750 ``error`` class, see
+``docs/checks.md``), a configuration that cannot work, an invalid event. A :class:`Transient`
+error may go away: the message waits and is decided later, the link is tried again. The reason
+always comes from the class, never from the text of the exception.
 """
 
 from __future__ import annotations
@@ -14,11 +16,44 @@ class WardenError(Exception):
     """Root of every error warden raises on purpose."""
 
 
-class ConfigurationError(WardenError):
+class Permanent(WardenError):
+    """Trying again gives the same answer."""
+
+
+class Transient(WardenError):
+    """May succeed when tried again later."""
+
+
+class ConfigurationError(Permanent):
     """The configuration or the action registry is unusable; start-up stops."""
 
 
-class Denial(WardenError):
+class InvalidEvent(Permanent, ValueError):
+    """A revocation event that does not follow ``schemas/revocation.schema.json``."""
+
+
+class QueueMissing(Permanent):
+    """A queue a tool needs does not exist."""
+
+
+class TokenRequestFailed(Permanent):
+    """The authorization server gave no access token."""
+
+
+class NotStrictJSON(Permanent, ValueError):
+    """Bytes that are not UTF-8 JSON as RFC 8259 has it (no duplicate members, no NaN, no
+    unpaired surrogate); ``utf8`` is False when they are not even UTF-8."""
+
+    def __init__(self, message: str, *, utf8: bool = True) -> None:
+        super().__init__(message)
+        self.utf8 = utf8
+
+
+class TableNotEncodable(Permanent):
+    """A header table holds a value AMQP cannot encode."""
+
+
+class Denial(Permanent):
     """A permanent refusal of a message. ``detail`` is human text and never holds a secret."""
 
     reason: ClassVar[str]
@@ -194,7 +229,7 @@ DENIALS: tuple[type[Denial], ...] = (
 REASONS: dict[str, type[Denial]] = {cls.reason: cls for cls in DENIALS}
 
 
-class Unavailable(WardenError):
+class Unavailable(Transient):
     """A verdict cannot be reached now (keys unreachable, state too stale): wait, do not deny."""
 
 
@@ -207,18 +242,27 @@ class IntrospectionUnavailable(Unavailable):
 
 
 class RevocationsStale(Unavailable):
-    """The revocation feed has been unreachable too long to trust the revocation list."""
+    """The revocation list cannot be relied on now (the feed is behind, unreachable or faulted)."""
 
 
-class PublishFailed(WardenError):
+class FetchError(Transient):
+    """A metadata or JWKS document could not be had or was not usable."""
+
+
+class FeedBroken(Transient):
+    """The revocation stream's consumer was cancelled, its channel closed, or an event could not
+    be applied."""
+
+
+class PublishFailed(Transient):
     """The broker did not confirm a publish (a dead letter, a requeued copy, a job)."""
 
 
-class Reject(WardenError):
+class Reject(Permanent):
     """Raised by an action to refuse a job for good: it is dead-lettered ``action_rejected``."""
 
 
-class Retry(WardenError):
+class Retry(Transient):
     """Raised by an action to ask for another attempt later, optionally after ``delay`` seconds."""
 
     def __init__(self, message: str = "", *, delay: float | None = None) -> None:

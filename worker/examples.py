@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from . import Job, Reject, action
+from worker import Job, Reject, action
 
 log = logging.getLogger("warden.examples")
 

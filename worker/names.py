@@ -1,4 +1,5 @@
-"""Names of exchanges, queues and headers that operators and publishers depend on (SPEC 1, 3)."""
+"""Every name of an exchange, a queue or a header warden reads or writes: the fixed ones are
+what operators and publishers depend on (``docs/jobs.md``, ``docs/dead-letters.md``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,24 @@ HEADER_ATTEMPT = "x-warden-attempt"
 HEADER_X_DEATH = "x-death"
 HEADER_MARKER = "x-warden-marker"
 
+HEADER_DELIVERY_COUNT = "x-delivery-count"
+"""Set by a quorum queue on a redelivered message."""
+BROKER_DEATH_HEADERS = (
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-last-death-exchange",
+    "x-last-death-queue",
+    "x-last-death-reason",
+)
+"""Set by the broker beside ``x-death`` on a message it dead-letters."""
+STREAM_OFFSET = "x-stream-offset"
+"""Where a stream consumer starts (an argument) and where a stream message stands (a header)."""
+
 DELIVERY_LIMIT_REASON = "delivery_limit"
+
+ACCESS_TOKEN_TYPES = ("at+jwt", "application/at+jwt")
+"""``typ`` values of an RFC 9068 access token (section 4), lower case."""
 
 
 def dead_letter_queue(queue: str) -> str:

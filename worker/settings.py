@@ -1,4 +1,4 @@
-"""Configuration from ``WARDEN_*`` environment variables (SPEC section 6).
+"""Configuration from ``WARDEN_*`` environment variables (``docs/configuration.md``).
 
 One frozen :class:`Settings` is built at the edge (the CLI) and passed down. A missing or bad
 value stops start-up with one line that names the variable (:func:`load_settings`).
@@ -23,7 +23,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from .errors import ConfigurationError
+from worker.errors import ConfigurationError
 
 ENV_PREFIX = "WARDEN_"
 
@@ -34,7 +34,6 @@ ASYMMETRIC_ALGORITHMS = frozenset(
 
 DEFAULT_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
 DEFAULT_REQUIRED_CLAIMS = ("iss", "exp", "aud", "sub", "client_id", "iat", "jti")
-ACCESS_TOKEN_TYPES = ("at+jwt", "application/at+jwt")
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_:-][A-Za-z0-9_.:-]{0,200}$")
 

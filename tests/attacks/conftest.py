@@ -6,7 +6,7 @@ import pytest
 
 from tests.attacks.world import WORLD, World
 from tests.support.decision import MemoryKeys, clear_warden_environment, make_gate
-from worker.decision import Gate
+from worker.pipeline.decision import Gate
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ import pytest
 from tests.attacks.world import Make, World, answers, attack
 from tests.support.issuer import DROP, b64, encoded, unsigned
 from tests.support.leaks import minted
-from worker.decision import Gate
+from worker.pipeline.decision import Gate
 
 
 def hmac_keyed_with(secret: bytes, alg: str, world: World) -> str:

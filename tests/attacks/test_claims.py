@@ -11,7 +11,7 @@ import pytest
 
 from tests.attacks.world import Make, World, answers, attack
 from tests.support.issuer import AUDIENCE, DROP
-from worker.decision import Gate
+from worker.pipeline.decision import Gate
 
 
 def with_member(obj: dict[str, Any], raw_member: str) -> bytes:

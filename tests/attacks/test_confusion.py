@@ -11,7 +11,7 @@ import pytest
 from tests.attacks.world import Make, World, answers, attack
 from tests.support.decision import MemoryKeys, make_gate
 from tests.support.issuer import DROP
-from worker.decision import Gate
+from worker.pipeline.decision import Gate
 
 
 def id_token(world: World, **header: Any) -> str:

@@ -17,7 +17,7 @@ import pytest
 from tests.attacks.world import ATTACKER, SHARED_A, Make, World, answers, attack, self_signed_der
 from tests.support.decision import MemoryKeys
 from tests.support.issuer import DROP
-from worker.decision import Gate
+from worker.pipeline.decision import Gate
 
 JKU = "https://attacker.example/jwks.json"
 X5U = "https://attacker.example/cert.pem"

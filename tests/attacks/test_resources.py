@@ -11,7 +11,7 @@ from tests.attacks.world import Hostile, Make, World, answers, attack
 from tests.support.decision import job_body
 from tests.support.issuer import AUDIENCE, unsigned
 from tests.support.leaks import minted
-from worker.decision import Gate
+from worker.pipeline.decision import Gate
 
 NESTED = b"[" * 100_000 + b"]" * 100_000
 

@@ -11,7 +11,7 @@ import pytest
 from tests.attacks.world import Make, World, answers, attack
 from tests.support.issuer import b64, encoded
 from tests.support.leaks import minted
-from worker.decision import Gate
+from worker.pipeline.decision import Gate
 
 
 def jwe(world: World) -> str:

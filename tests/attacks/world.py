@@ -23,7 +23,8 @@ from cryptography.x509.oid import NameOID
 from tests.support.decision import assert_allowed, assert_denied, delivery, job_body
 from tests.support.issuer import DROP, Issuer, SigningKey
 from tests.support.issuer import sign as sign_with
-from worker.decision import Delivery, Gate
+from worker.pipeline.decision import Gate
+from worker.pipeline.delivery import Delivery
 
 ALLOWED = "allowed"
 """Not a reason: the job must run (an attack that warden must shrug off, not refuse)."""

@@ -1,8 +1,8 @@
 """The decision without a broker: a real in-memory key store, deliveries, and verdict checks.
 
 Shared by ``tests/test_decision.py``, ``tests/attacks/`` and the property-based tests: keys come
-from the test issuers' JWKS documents parsed by :func:`worker.keys.parse_jwks`, exactly as a worker
-parses what it fetches; settings are built as a worker builds them.
+from the test issuers' JWKS documents parsed by :func:`worker.auth.keys.parse_jwks`, exactly as
+a worker parses what it fetches; settings are built as a worker builds them.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ import pytest
 from tests.support.issuer import AUDIENCE, Issuer
 from tests.support.leaks import assert_no_leak
 from worker import errors
-from worker.actions import Registry
-from worker.decision import Allowed, Delivery, Denied, Gate
-from worker.keys import parse_jwks
-from worker.runner import build_trust
+from worker.auth.keys import parse_jwks
+from worker.auth.setup import build_trust
+from worker.auth.tokens import VerificationKey
+from worker.pipeline.actions import Registry
+from worker.pipeline.decision import Allowed, Denied, Gate
+from worker.pipeline.delivery import Delivery
 from worker.settings import Settings
-from worker.tokens import VerificationKey
 
 REGISTRY = Registry.from_modules(["tests.support.actions"])
 
@@ -39,7 +40,7 @@ BEFORE_SIGNATURE = {
 
 
 class MemoryKeys:
-    """A :class:`~worker.decision.KeyStore` over issuers' JWKS documents held in memory.
+    """A :class:`~worker.pipeline.decision.KeyStore` over issuers' JWKS documents held in memory.
 
     A fetch is ``parse_jwks(issuer.jwks(), issuer.url)``, so keys an issuer adds after the store
     was built are found by a refetch, exactly as a worker would find them over HTTP.

@@ -12,7 +12,7 @@ import logging
 import re
 import threading
 
-from worker.logs import JsonFormatter
+from worker.ops.logs import JsonFormatter
 
 RUN = 16
 """A piece of a signature this long is as good as the signature to whoever collects pieces."""

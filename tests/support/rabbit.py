@@ -111,7 +111,7 @@ class Rabbit:
     ) -> None:
         """Declare ``queue`` and its dead-letter queue as a worker would, so jobs can wait in it
         before any worker runs."""
-        from worker.broker import declare_topology
+        from worker.amqp.topology import declare_topology
 
         self.forget_later(queue, retry_tiers)
         channel = await self.connection.channel()

@@ -8,8 +8,9 @@ from typing import Any
 
 from pamqp import decode, encode
 
-from worker.decision import Delivery, Denied
-from worker.record import denial_record
+from worker.deadletters.write import denial_record
+from worker.pipeline.decision import Denied
+from worker.pipeline.delivery import Delivery
 
 
 def decoded(entries: bytes) -> dict[str, Any]:

@@ -12,9 +12,9 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from ..credentials import TokenRequestFailed, client_credentials_token
-from ..errors import ConfigurationError, WardenError
-from ..settings import S, load_settings
+from worker.auth.credentials import client_credentials_token
+from worker.errors import ConfigurationError, TokenRequestFailed, WardenError
+from worker.settings import S, load_settings
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])

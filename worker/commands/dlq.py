@@ -11,10 +11,11 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from .. import dlq as broker
-from ..letters import Letter
-from ..settings import BrokerSettings
-from .common import fail, run_or_exit, settings_or_exit, token_options, with_token
+from worker import names
+from worker.commands.common import fail, run_or_exit, settings_or_exit, token_options, with_token
+from worker.deadletters import admin
+from worker.deadletters.read import Letter
+from worker.settings import BrokerSettings
 
 # Piped into a file or a pager, a table is not squeezed to 80 columns.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 240)
@@ -24,7 +25,7 @@ def _json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
 
 
-def _by(reason: str | None, message_id: str | None = None) -> broker.Select:
+def _by(reason: str | None, message_id: str | None = None) -> admin.Select:
     def select(letter: Letter) -> bool:
         if message_id is not None and letter.message_id != message_id:
             return False
@@ -45,7 +46,7 @@ def stats(queues: tuple[str, ...], as_json: bool) -> None:
     """Dead letters by reason, per QUEUE (default: WARDEN_QUEUES)."""
     settings = settings_or_exit(BrokerSettings)
     counts = run_or_exit(
-        broker.stats(settings.broker_url.get_secret_value(), list(queues or settings.queues)),
+        admin.stats(settings.broker_url.get_secret_value(), list(queues or settings.queues)),
         "dlq stats",
     )
     if as_json:
@@ -68,7 +69,7 @@ def list_(queue: str, reason: str | None, limit: int | None, as_json: bool) -> N
     """QUEUE's dead letters, oldest first."""
     settings = settings_or_exit(BrokerSettings)
     found = run_or_exit(
-        broker.letters(settings.broker_url.get_secret_value(), queue, _by(reason), limit),
+        admin.letters(settings.broker_url.get_secret_value(), queue, _by(reason), limit),
         "dlq list",
     )
     if as_json:
@@ -94,7 +95,7 @@ def show(queue: str, message_id: str) -> None:
     """One dead letter: its whole denial record and the original body."""
     settings = settings_or_exit(BrokerSettings)
     found = run_or_exit(
-        broker.letters(settings.broker_url.get_secret_value(), queue, _by(None, message_id)),
+        admin.letters(settings.broker_url.get_secret_value(), queue, _by(None, message_id)),
         "dlq show",
     )
     if not found:
@@ -109,7 +110,7 @@ def show(queue: str, message_id: str) -> None:
                 **letter.summary(),
                 "origin": letter.origin,
                 "denial": letter.denial,
-                "headers": {k: v for k, v in letter.headers.items() if k != "x-warden-denial"},
+                "headers": {k: v for k, v in letter.headers.items() if k != names.HEADER_DENIAL},
                 "body": body,
             }
         )
@@ -141,7 +142,7 @@ def replay(
             click.echo(f"moved {letter.message_id} to {letter.origin}")
 
         report = run_or_exit(
-            broker.replay(
+            admin.replay(
                 settings.broker_url.get_secret_value(),
                 queue,
                 _by(reason, message_id),
@@ -168,6 +169,6 @@ def purge(queue: str, reason: str | None, everything: bool, yes: bool) -> None:
         raise click.UsageError("purging cannot be undone: add --yes")
     settings = settings_or_exit(BrokerSettings)
     report = run_or_exit(
-        broker.purge(settings.broker_url.get_secret_value(), queue, _by(reason)), "purge"
+        admin.purge(settings.broker_url.get_secret_value(), queue, _by(reason)), "purge"
     )
     click.echo(f"purged {len(report.moved)}, kept {report.skipped} in {queue}.dlq")

@@ -1,4 +1,5 @@
-"""``warden explain``: every check of SPEC section 2 for one token and action, without a broker."""
+"""``warden explain``: every check of ``docs/checks.md`` for one token and action, without a
+broker."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from .. import errors
-from ..actions import Registry
-from ..decision import Allowed, Delivery, Gate, Verdict
-from ..errors import ConfigurationError
-from ..settings import Settings
-from .common import fail, settings_or_exit
+from worker import errors
+from worker.commands.common import fail, settings_or_exit
+from worker.errors import ConfigurationError
+from worker.pipeline.actions import Registry
+from worker.pipeline.decision import Allowed, Gate, Verdict
+from worker.pipeline.delivery import Delivery
+from worker.settings import Settings
 
 CHECKS = errors.DENIALS[:17]
 """Checks 1 to 17, in order; each denial class's docstring says what it checks."""
@@ -29,7 +31,7 @@ def _what(cls: type[errors.Denial]) -> str:
 
 
 async def _decide(settings: Settings, registry: Registry, delivery: Delivery) -> Verdict:
-    from ..runner import build_introspector, build_keyring, build_trust
+    from worker.auth.setup import build_introspector, build_keyring, build_trust
 
     async with httpx.AsyncClient(timeout=settings.jwks_timeout_seconds) as http:
         keyring = build_keyring(settings, http)

@@ -8,9 +8,7 @@ import click
 from rich.console import Console
 from rich.progress import Progress
 
-from ..errors import ConfigurationError
-from ..settings import BrokerSettings
-from .common import (
+from worker.commands.common import (
     fail,
     read_payload,
     run_or_exit,
@@ -18,6 +16,8 @@ from .common import (
     token_options,
     with_token,
 )
+from worker.errors import ConfigurationError
+from worker.settings import BrokerSettings
 
 
 @click.command()
@@ -45,8 +45,8 @@ def publish(
     proof_key: Path | None,
 ) -> None:
     """Publish COUNT jobs asking for ACTION to QUEUE."""
-    from ..proof import ProofKey
-    from ..publisher import publish_jobs
+    from worker.amqp.publisher import publish_jobs
+    from worker.auth.proof import ProofKey
 
     body = read_payload(payload)
     try:

@@ -6,9 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import click
 
-from ..revocation import Revocation
-from ..settings import BrokerSettings
-from .common import run_or_exit, settings_or_exit
+from worker.auth.revocation import Revocation
+from worker.commands.common import run_or_exit, settings_or_exit
+from worker.settings import BrokerSettings
+from worker.support.clock import rfc3339
 
 
 def _when(value: str | None, name: str, default: datetime) -> float:
@@ -43,7 +44,7 @@ def revoke(
     expires_at: str | None,
 ) -> None:
     """Publish a revocation to the feed every worker follows."""
-    from ..feed import revoke as publish
+    from worker.amqp.feed import revoke as publish
 
     chosen = [
         (name, value)
@@ -63,9 +64,11 @@ def revoke(
             **(
                 {}
                 if subject == "jti"
-                else {"issued_before": _rfc3339(_when(before, "--before", now))}
+                else {"issued_before": rfc3339(_when(before, "--before", now), "auto")}
             ),
-            "expires_at": _rfc3339(_when(expires_at, "--expires-at", now + timedelta(hours=24))),
+            "expires_at": rfc3339(
+                _when(expires_at, "--expires-at", now + timedelta(hours=24)), "auto"
+            ),
         }
     )
     settings = settings_or_exit(BrokerSettings)
@@ -74,7 +77,3 @@ def revoke(
         "revocation",
     )
     click.echo(f"revoked {subject} {value}")
-
-
-def _rfc3339(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")

@@ -7,17 +7,17 @@ import signal
 
 import click
 
-from .. import logs
-from ..actions import Registry
-from ..errors import ConfigurationError
-from ..settings import Settings
-from .common import fail, settings_or_exit
+from worker.commands.common import fail, settings_or_exit
+from worker.errors import ConfigurationError
+from worker.ops import logs
+from worker.pipeline.actions import Registry
+from worker.settings import Settings
 
 
 @click.command()
 def run() -> None:
     """Run the worker until SIGTERM or SIGINT (configured by WARDEN_* variables)."""
-    from ..runner import Worker, steady_collector
+    from worker.service.runner import Worker, steady_collector
 
     settings = settings_or_exit(Settings)
     try:

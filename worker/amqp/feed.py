@@ -1,0 +1,296 @@
+"""The revocation feed: the stream ``warden.revocations``, read from its start, then followed.
+
+A replica is *caught up* once it reads back a marker it published itself (a stream reports no
+message count on declare, so there is no other way to know the end was reached). While the
+feed cannot be followed, the state is *stale* after ``WARDEN_REVOCATION_MAX_STALENESS``, and
+jobs wait rather than run on a revocation list that may be missing entries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, DeliveryMode
+
+from worker import errors, names
+from worker.amqp.connection import TRANSPORT_ERRORS, describe
+from worker.amqp.outbound import publish_confirmed
+from worker.amqp.topology import declare_stream
+from worker.auth.revocation import Revocation, RevocationList
+from worker.errors import FeedBroken, InvalidEvent, PublishFailed
+from worker.support.backoff import backoff
+
+log = logging.getLogger("warden.revocation")
+
+_BROKEN: tuple[type[BaseException], ...] = (FeedBroken, PublishFailed, OSError, *TRANSPORT_ERRORS)
+"""What ends one attachment of the feed; it attaches again."""
+
+
+async def publish_revocation(channel: AbstractChannel, event: Revocation) -> None:
+    """Append one event to the feed, confirmed by the broker."""
+    message = aio_pika.Message(
+        event.to_json(),
+        content_type="application/json",
+        delivery_mode=DeliveryMode.PERSISTENT,
+        message_id=str(uuid.uuid4()),
+    )
+    await publish_confirmed(channel.default_exchange, message, names.REVOCATION_STREAM)
+
+
+async def revoke(broker_url: str, event: Revocation, retention: str) -> None:
+    """What ``warden revoke`` does: make sure the stream exists, append ``event``, confirmed."""
+    connection = await aio_pika.connect(broker_url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        await declare_stream(channel, retention)
+        await publish_revocation(channel, event)
+
+
+class RevocationFeed:
+    """Follows the stream into a :class:`RevocationList`; knows whether it can be relied on.
+
+    Freshness is verified, never inferred from an open connection: every ``probe_every`` the
+    feed appends a marker of its own to the stream and reads it back through the same consumer
+    that reads the events. The list is *fresh* while the last marker that came back was sent no
+    longer than ``max_staleness`` ago, so a consumer that stops advancing for any reason (a
+    closed link, a stalled delivery, a callback that never acks) turns stale within the budget.
+    An event the list fails to take (a fault of warden's own, not an invalid event) makes the
+    feed *faulted* at once: decisions stop until a re-read of the stream applies it.
+    """
+
+    def __init__(
+        self,
+        broker_url: str,
+        revocations: RevocationList,
+        *,
+        max_staleness: float,
+        probe_every: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._url = broker_url
+        self.revocations = revocations
+        self.max_staleness = max_staleness
+        self._probe_every = probe_every or max(min(max_staleness / 3, 5.0), 0.05)
+        self._clock = clock
+        self._wall = wall
+        self.caught_up = asyncio.Event()
+        """Set once the whole stream was read (and stays set)."""
+        self._last_ok = 0.0
+        """When the newest marker that came back was sent (``clock``)."""
+        self._probe: tuple[str, float] | None = None
+        """The marker sent and not yet read back on this attachment, with when it was sent."""
+        self._applied = asyncio.Event()
+        self._fault: str | None = None
+        self.faults = 0
+        """Events the list failed to take, since start (``warden_revocation_faults``)."""
+        self._reliable = False
+        self._became_reliable = asyncio.Event()
+        self._became_unreliable = asyncio.Event()
+        self._failures = 0
+        self._seen_offset = -1
+
+    def fresh(self) -> bool:
+        """Whether decisions may rely on the revocation list now."""
+        return (
+            self.caught_up.is_set()
+            and self._fault is None
+            and self._clock() - self._last_ok <= self.max_staleness
+        )
+
+    def why_stale(self) -> str:
+        """Human text for a wait: what the feed is missing."""
+        if self._fault is not None:
+            return f"a revocation event could not be applied ({self._fault})"
+        if not self.caught_up.is_set():
+            return "the revocation feed has not been read to its end yet"
+        return (
+            f"the revocation feed has not advanced for "
+            f"{self._clock() - self._last_ok:.1f}s (max {self.max_staleness:g}s)"
+        )
+
+    def check(self, claims: dict[str, Any], issuer: str) -> None:
+        """Check 13: raise TokenRevoked, or RevocationsStale when the list cannot be trusted."""
+        if not self.fresh():
+            raise errors.RevocationsStale(self.why_stale())
+        self.revocations.check(claims, issuer)
+
+    async def wait_until_revoked(self, claims: dict[str, Any], issuer: str) -> None:
+        """Return once the list revokes a token with these claims (for tools and tests)."""
+        while True:
+            try:
+                self.revocations.check(claims, issuer)
+            except errors.TokenRevoked:
+                return
+            self._applied.clear()
+            await self._applied.wait()
+
+    async def wait_unreliable(self) -> None:
+        """Return once the list can no longer be relied on (stale or faulted)."""
+        while self._reliable:
+            self._became_unreliable.clear()
+            await self._became_unreliable.wait()
+
+    async def wait_reliable(self) -> None:
+        """Return once the list can be relied on again."""
+        while not self._reliable:
+            self._became_reliable.clear()
+            await self._became_reliable.wait()
+
+    async def follow_forever(self) -> None:
+        """Follow the stream; after a break, attach again with backoff. Until cancelled."""
+        self._failures = 0
+        async with asyncio.TaskGroup() as group:
+            watch = group.create_task(self._watch())
+            try:
+                while True:
+                    try:
+                        await self._follow()
+                    except _BROKEN as exc:
+                        self._detached(exc)
+                    await asyncio.sleep(backoff(0.1, 5.0, self._failures))
+            finally:
+                watch.cancel()
+
+    async def _watch(self) -> None:
+        """Notice when the list turns unreliable or reliable again, and say so once."""
+        tick = min(self._probe_every, 1.0)
+        while True:
+            self._review()
+            await asyncio.sleep(tick)
+
+    def _review(self) -> None:
+        fresh = self.fresh()
+        if fresh == self._reliable:
+            return
+        self._reliable = fresh
+        if fresh:
+            self._became_reliable.set()
+            log.warning("revocation feed current; jobs are decided again")
+        else:
+            self._became_unreliable.set()
+            if self.caught_up.is_set():
+                log.error(
+                    "revocation feed not current; no job is decided until it is",
+                    extra={"why": self.why_stale()},
+                )
+
+    def _detached(self, exc: BaseException) -> None:
+        self._failures += 1
+        self._probe = None
+        log.warning(
+            "revocation feed lost; jobs wait once it is stale",
+            extra={"error": describe(exc), "max_staleness": self.max_staleness},
+        )
+
+    def _faulted(self, exc: BaseException, offset: object, message_id: str | None) -> None:
+        self.faults += 1
+        self._fault = f"{type(exc).__name__} at offset {offset}"
+        self._review()
+        log.error(
+            "revocation event could not be applied; no job is decided until it is",
+            exc_info=exc,
+            extra={"offset": offset, "message_id": message_id},
+        )
+
+    async def _follow(self) -> None:
+        connection = await aio_pika.connect(
+            self._url, client_properties={"connection_name": "warden revocation feed"}
+        )
+        async with connection:
+            broken = asyncio.Event()
+            channel = await connection.channel()
+            await channel.set_qos(prefetch_count=500)
+            underlay = await channel.get_underlay_channel()
+            underlay.on_consumer_cancel_callbacks.add(lambda *_: broken.set())
+            channel.close_callbacks.add(lambda *_: broken.set())
+            connection.close_callbacks.add(lambda *_: broken.set())
+            stream = await channel.declare_queue(names.REVOCATION_STREAM, passive=True)
+            publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            await self._send_probe(publisher)
+            await stream.consume(
+                partial(self._on_message, broken=broken), arguments={names.STREAM_OFFSET: "first"}
+            )
+            waiting = asyncio.ensure_future(broken.wait())
+            try:
+                while not broken.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(waiting), self._probe_every)
+                    if broken.is_set():
+                        break
+                    if self._probe is None:
+                        await self._send_probe(publisher)
+                    self.revocations.prune(self._wall())
+            finally:
+                waiting.cancel()
+            raise FeedBroken("the revocation stream consumer was cancelled or its channel closed")
+
+    async def _send_probe(self, publisher: AbstractChannel) -> None:
+        marker = uuid.uuid4().hex
+        self._probe = (marker, self._clock())
+        await publish_confirmed(
+            publisher.default_exchange,
+            aio_pika.Message(b"", headers={names.HEADER_MARKER: marker}),
+            names.REVOCATION_STREAM,
+        )
+
+    def _probe_returned(self) -> None:
+        assert self._probe is not None
+        self._last_ok = max(self._last_ok, self._probe[1])
+        self._probe = None
+        if not self.caught_up.is_set() or self._fault is not None:
+            # Every event before the marker was applied: a fault from an earlier reading is
+            # behind us only now.
+            self._fault = None
+            log.info("revocation feed read to its end", extra={"entries": len(self.revocations)})
+            self.caught_up.set()
+        self._failures = 0
+        self._review()
+
+    async def _on_message(self, message: AbstractIncomingMessage, *, broken: asyncio.Event) -> None:
+        if broken.is_set():
+            return  # the consumer is being torn down after a fault: apply nothing more
+        headers = message.headers or {}
+        # After a re-attach the stream is read from its start again: events are applied again
+        # (that is idempotent) but only logged the first time.
+        offset = headers.get(names.STREAM_OFFSET)
+        new = type(offset) is not int or offset > self._seen_offset
+        if new and type(offset) is int:
+            self._seen_offset = offset
+        if names.HEADER_MARKER in headers:
+            probe = self._probe
+            if probe is not None and headers[names.HEADER_MARKER] == probe[0]:
+                self._probe_returned()
+        else:
+            try:
+                self._apply(message, offset, new)
+            except Exception as exc:
+                # Not acked, and nothing after it is applied: the consumer is dropped and the
+                # stream read again; until an attachment gets past it, no job is decided.
+                broken.set()
+                self._faulted(exc, offset, message.message_id)
+                return
+        await message.ack()
+
+    def _apply(self, message: AbstractIncomingMessage, offset: object, new: bool) -> None:
+        try:
+            event = Revocation.from_json(message.body)
+        except InvalidEvent as exc:
+            if new:
+                log.error(
+                    "revocation event skipped: not valid",
+                    extra={"message_id": message.message_id, "offset": offset, "error": str(exc)},
+                )
+            return
+        applied = self.revocations.add(event, self._wall())
+        self._applied.set()
+        if applied and new and self.caught_up.is_set():
+            log.info("revocation received", extra={"subject": event.subject, "iss": event.issuer})

@@ -1,0 +1,157 @@
+"""Queues as the operator's tools handle them: look at every message without disturbing the
+queue, drop some, move some to another queue in a transaction.
+
+Looking takes every message without acking it and closes the channel afterwards, so the broker
+returns the ones not dropped or moved, in order, to the front of the queue: the same messages
+in the same order for the next reader. (The broker counts the look as a delivery:
+``redelivered`` and, on a quorum queue, ``x-delivery-count`` change.)
+
+A move happens one message at a time inside an AMQP transaction: the republish and the ack of
+the original commit together or not at all, so a move stopped at any point loses nothing and
+moves nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+
+from worker.amqp.outbound import copy_message
+from worker.errors import QueueMissing
+
+log = logging.getLogger("warden.dlq")
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A message taken from a queue and not acked: it goes back unless dropped or moved."""
+
+    body: bytes
+    headers: Mapping[str, Any]
+    message_id: str | None
+    message: AbstractIncomingMessage = field(repr=False)
+
+
+def _held(message: AbstractIncomingMessage) -> Held:
+    return Held(message.body, message.headers or {}, message.message_id, message)
+
+
+class Queues:
+    """One connection of a tool, and what it does to queues."""
+
+    def __init__(self, connection: AbstractConnection) -> None:
+        self._connection = connection
+        self._known: set[str] = set()
+
+    async def require(self, queue: str) -> None:
+        """Raise :class:`~worker.errors.QueueMissing` unless ``queue`` exists."""
+        if queue in self._known:
+            return
+        channel = await self._connection.channel()
+        try:
+            await channel.declare_queue(queue, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            raise QueueMissing(f"queue {queue!r} does not exist") from None
+        await channel.close()
+        self._known.add(queue)
+
+    @asynccontextmanager
+    async def look(self, queue: str) -> AsyncIterator[Looking]:
+        """Every message of ``queue``, held until the block ends."""
+        await self.require(queue)
+        channel = await self._connection.channel()
+        try:
+            yield Looking(await _take_all(channel, queue))
+        finally:
+            await channel.close()
+
+    @asynccontextmanager
+    async def moving(self, queue: str) -> AsyncIterator[Moving]:
+        """Every message of ``queue``, held, to move elsewhere one by one in a transaction.
+        Moves the broker returns as unroutable are put back into ``queue`` afterwards."""
+        await self.require(queue)
+        channel = await self._connection.channel(publisher_confirms=False)
+        returned: list[AbstractIncomingMessage] = []
+        channel.return_callbacks.add(lambda _, message: returned.append(message))
+        transaction = channel.transaction()
+        await transaction.select()
+        moving = Moving(await _take_all(channel, queue), channel, transaction, self)
+        try:
+            yield moving
+        finally:
+            await channel.close()
+        if returned:
+            moving.returned = await self._put_back(queue, returned)
+
+    async def _put_back(
+        self, queue: str, returned: list[AbstractIncomingMessage]
+    ) -> list[str | None]:
+        """A moved message came back unroutable (its target vanished meanwhile): keep it where it
+        was rather than lose it."""
+        channel = await self._connection.channel(publisher_confirms=True)
+        for message in returned:
+            log.error(
+                "moved message was unroutable; kept where it was",
+                extra={"message_id": message.message_id, "queue": queue},
+            )
+            await channel.default_exchange.publish(
+                copy_message(message, dict(message.headers or {})), queue
+            )
+        await channel.close()
+        return [m.message_id for m in returned]
+
+
+@dataclass
+class Looking:
+    """Messages held by a look."""
+
+    held: list[Held]
+
+    async def drop(self, message: Held) -> None:
+        """Remove ``message`` from its queue for good."""
+        await message.message.ack()
+
+
+@dataclass
+class Moving:
+    """Messages held for a move."""
+
+    held: list[Held]
+    _channel: AbstractChannel
+    _transaction: aio_pika.abc.AbstractTransaction
+    _queues: Queues
+    returned: list[str | None] = field(default_factory=list)
+    """Message ids the broker could not route to their target; they were put back."""
+
+    async def move(self, message: Held, target: str, headers: dict[str, Any]) -> None:
+        """Publish ``message`` with ``headers`` to the queue ``target`` and remove the original,
+        both or neither."""
+        await self._queues.require(target)
+        await self._channel.default_exchange.publish(
+            copy_message(message.message, headers), target, mandatory=True
+        )
+        await message.message.ack()
+        await self._transaction.commit()
+
+
+async def _take_all(channel: AbstractChannel, queue: str) -> list[Held]:
+    source = await channel.get_queue(queue, ensure=False)
+    found: list[Held] = []
+    while (message := await source.get(no_ack=False, fail=False)) is not None:
+        found.append(_held(message))
+    return found
+
+
+@asynccontextmanager
+async def connected(url: str, name: str) -> AsyncIterator[Queues]:
+    """A tool's connection called ``name``, closed afterwards."""
+    connection = await aio_pika.connect(url, client_properties={"connection_name": name})
+    async with connection:
+        yield Queues(connection)

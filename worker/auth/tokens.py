@@ -1,0 +1,381 @@
+"""Access-token verification: checks 3 to 12 of ``docs/checks.md``, in that order.
+
+Pure and synchronous: given the token text, the trusted issuers, a key lookup and the clock, it
+returns the verified claims or raises the :class:`~worker.errors.Denial` of the first check that
+fails. Fetching keys is the caller's business (:mod:`worker.auth.keys`); when the ``kid`` is unknown
+the caller may refetch once and ask again.
+"""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from jwt.algorithms import Algorithm, get_default_algorithms
+
+from worker import errors
+from worker.names import ACCESS_TOKEN_TYPES
+from worker.support import strictjson
+from worker.support.cache import BoundedCache
+
+_SEGMENT = re.compile(rb"^[A-Za-z0-9_-]*$")
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+VERIFIERS: dict[str, Algorithm] = {
+    name: algorithm
+    for name, algorithm in get_default_algorithms().items()
+    if name != "none" and not name.startswith("HS")
+}
+"""pyjwt's asymmetric algorithms by ``alg``: ``none`` and ``HS*`` are not there to be chosen."""
+
+# Which key an algorithm may be used with: (kty, crv or None).
+_KEY_FIT: dict[str, tuple[str, frozenset[str | None]]] = {
+    **{a: ("RSA", frozenset({None})) for a in ("RS256", "RS384", "RS512")},
+    **{a: ("RSA", frozenset({None})) for a in ("PS256", "PS384", "PS512")},
+    "ES256": ("EC", frozenset({"P-256"})),
+    "ES384": ("EC", frozenset({"P-384"})),
+    "ES512": ("EC", frozenset({"P-521"})),
+    "EdDSA": ("OKP", frozenset({"Ed25519", "Ed448"})),
+}
+
+SUMMARY_CLAIMS = ("iss", "sub", "client_id", "jti", "exp", "scope", "act")
+"""Claims a denial record may carry about its token (``docs/dead-letters.md``)."""
+
+MAX_ACTORS = 32
+"""The longest ``act`` chain (RFC 8693 section 4.1) a token may carry; a longer one is malformed.
+
+Nested actors are informational only, but they are copied into a job's principal and into a
+dead letter's header table, whose nesting the broker and its clients bound.
+"""
+
+NESTED_TYPES = frozenset({"jwt", "application/jwt"})
+"""``cty`` values that announce a nested JWT (RFC 7519 section 5.2): never an access token."""
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationKey:
+    """A parsed public key of an issuer, with the JWK facts that bind it to algorithms."""
+
+    kid: str
+    kty: str
+    crv: str | None
+    alg: str | None
+    key: Any
+    jwk: str = field(default="", compare=False, repr=False)
+    """The JWK it was parsed from (canonical JSON), to tell a republished key from a new one."""
+
+    def fits(self, alg: str) -> bool:
+        """Whether a signature made with ``alg`` may be checked with this key."""
+        fit = _KEY_FIT.get(alg)
+        if fit is None or self.kty != fit[0] or self.crv not in fit[1]:
+            return False
+        return self.alg is None or self.alg == alg
+
+
+class KeyLookup(Protocol):
+    """Keys of the trusted issuers, already fetched."""
+
+    def key(self, issuer: str, kid: str) -> VerificationKey | None:
+        """The issuer's key called ``kid``, or None."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerPolicy:
+    """What a token of one trusted issuer must satisfy."""
+
+    issuer: str
+    audience: str
+    algorithms: frozenset[str]
+    token_types: frozenset[str]
+    required_claims: tuple[str, ...]
+
+
+class Trust:
+    """The trusted issuers, by exact ``iss`` value."""
+
+    def __init__(self, policies: Iterable[IssuerPolicy], *, leeway: int, max_token_bytes: int):
+        self.policies: dict[str, IssuerPolicy] = {p.issuer: p for p in policies}
+        self.leeway = leeway
+        self.max_token_bytes = max_token_bytes
+        self.any_algorithm = frozenset().union(*(p.algorithms for p in self.policies.values()))
+        self.default_types = frozenset(ACCESS_TOKEN_TYPES)
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """A token that passed checks 3 to 12: its issuer's policy and its claims."""
+
+    policy: IssuerPolicy
+    claims: dict[str, Any]
+
+
+@dataclass(slots=True)
+class TokenCheck:
+    """One token going through the checks; what a denial may report of it."""
+
+    raw: str
+    header: dict[str, Any] | None = None
+    claims: dict[str, Any] | None = None
+    verified: bool = False
+    policy: IssuerPolicy | None = field(default=None, repr=False)
+    _digest: bytes | None = field(default=None, repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        return f"TokenCheck(fingerprint={self.fingerprint()!r}, verified={self.verified})"
+
+    def digest(self) -> bytes:
+        """The SHA-256 of the token: what the cache keys it by and its fingerprint shows."""
+        digest = self._digest
+        if digest is None:
+            digest = self._digest = hashlib.sha256(self.raw.encode("ascii", "replace")).digest()
+        return digest
+
+    def fingerprint(self) -> str:
+        """``sha256:`` and the hex digest of the token."""
+        return "sha256:" + self.digest().hex()
+
+    def summary(self) -> dict[str, Any]:
+        """The denial record's ``token`` member: never the token itself.
+
+        ``act`` is reduced to its chain of ``sub`` values: what else an actor object holds is
+        the token's (possibly unverified) say, and need not fit an AMQP header table.
+        """
+        out: dict[str, Any] = {"fingerprint": self.fingerprint(), "verified": self.verified}
+        claims = self.claims
+        if claims is not None:
+            out.update((k, claims[k]) for k in SUMMARY_CLAIMS if k in claims and k != "act")
+            if "act" in claims:
+                out["act"] = actor_claim(actor_chain(claims))
+        return out
+
+
+def shown(value: object, limit: int = 64) -> str:
+    """``repr`` of an untrusted value, cut short so a detail line stays a line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def actor_chain(claims: Mapping[str, Any]) -> tuple[str, ...]:
+    """``act.sub``, then the ``sub`` of each nested ``act``: the current actor first.
+
+    Only the first governs (RFC 8693 section 4.1); the others are prior actors, for the record.
+    Assumes the claims passed :func:`check_claim_types`.
+    """
+    chain: list[str] = []
+    act = claims.get("act")
+    while isinstance(act, dict):
+        chain.append(act["sub"])
+        act = act.get("act")
+    return tuple(chain)
+
+
+def actor_claim(chain: tuple[str, ...]) -> dict[str, Any] | None:
+    """The ``act`` claim of an actor chain, with nothing but each actor's ``sub``."""
+    act: dict[str, Any] | None = None
+    for sub in reversed(chain):
+        act = {"sub": sub} if act is None else {"sub": sub, "act": act}
+    return act
+
+
+def decode_segment(
+    data: bytes, what: str, error: type[errors.Denial] = errors.TokenMalformed
+) -> bytes:
+    """One base64url segment of a compact JWS, unpadded as RFC 7515 has it; ``error`` if not."""
+    if not _SEGMENT.fullmatch(data) or len(data) % 4 == 1:
+        raise error(f"the {what} is not base64url")
+    try:
+        # The alphabet is checked above, so the translated segment is plain base64.
+        return binascii.a2b_base64(data.translate(_FROM_URLSAFE) + b"=" * (-len(data) % 4))
+    except (binascii.Error, ValueError):
+        raise error(f"the {what} is not base64url") from None
+
+
+def json_object(
+    data: bytes, what: str, error: type[errors.Denial] = errors.TokenMalformed
+) -> dict[str, Any]:
+    """A strict JSON object (:mod:`worker.support.strictjson`); ``error`` for anything else."""
+    try:
+        value = strictjson.loads(data)
+    except errors.NotStrictJSON:
+        raise error(f"the {what} is not a JSON object without duplicate members") from None
+    if not isinstance(value, dict):
+        raise error(f"the {what} is not a JSON object")
+    return value
+
+
+_LAST_NUMERIC_DATE = 253402300799
+"""9999-12-31T23:59:59Z: a NumericDate past it is no date (``datetime`` cannot hold it)."""
+
+
+def _is_int(value: object) -> bool:
+    return type(value) is int and 0 <= value <= _LAST_NUMERIC_DATE
+
+
+def _is_str_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _is_actor(value: object) -> bool:
+    """An RFC 8693 ``act``: an object with a string ``sub``, whose ``act``, if any, is one too."""
+    for _ in range(MAX_ACTORS):
+        if not isinstance(value, dict) or not isinstance(value.get("sub"), str):
+            return False
+        if "act" not in value:
+            return True
+        value = value["act"]
+    return False
+
+
+def _is_confirmation(value: object) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("jkt", ""), str)
+
+
+_CLAIM_TYPES: dict[str, tuple[str, Any]] = {
+    "iss": ("a string", lambda v: isinstance(v, str)),
+    "sub": ("a string", lambda v: isinstance(v, str)),
+    "client_id": ("a string", lambda v: isinstance(v, str)),
+    "jti": ("a string", lambda v: isinstance(v, str)),
+    "exp": ("an integer NumericDate", _is_int),
+    "nbf": ("an integer NumericDate", _is_int),
+    "iat": ("an integer NumericDate", _is_int),
+    "aud": ("a string or an array of strings", lambda v: isinstance(v, str) or _is_str_list(v)),
+    "scope": ("a space-delimited string", lambda v: isinstance(v, str)),
+    "scp": ("a string or an array of strings", lambda v: isinstance(v, str) or _is_str_list(v)),
+    "act": (f"an object with a string sub, nesting at most {MAX_ACTORS} actors", _is_actor),
+    "cnf": ("an object whose jkt, if any, is a string", _is_confirmation),
+}
+_HEADER_TYPES: dict[str, tuple[str, Any]] = {
+    "alg": ("a string", lambda v: isinstance(v, str)),
+    "kid": ("a string", lambda v: isinstance(v, str)),
+    "typ": ("a string", lambda v: isinstance(v, str)),
+    "crit": ("an array of strings", _is_str_list),
+    "cty": ("a string", lambda v: isinstance(v, str)),
+}
+
+
+def _check_types(obj: Mapping[str, Any], types: Mapping[str, tuple[str, Any]], what: str) -> None:
+    for name, (expected, ok) in types.items():
+        if name in obj and not ok(obj[name]):
+            raise errors.TokenMalformed(f"{what} {name!r} is not {expected}")
+
+
+def check_claim_types(claims: Mapping[str, Any]) -> None:
+    """Registered claims must have their registered types: TokenMalformed otherwise."""
+    _check_types(claims, _CLAIM_TYPES, "claim")
+
+
+_HEADERS: BoundedCache[bytes, dict[str, Any]] = BoundedCache(256)
+"""Parsed JOSE headers by their encoded segment. An issuer's tokens share a handful of headers
+(one per key and type), so most tokens skip decoding theirs. Nothing changes a parsed header."""
+
+
+def parse(check: TokenCheck, max_bytes: int) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
+    """Check 3: a compact JWS whose header and claims are JSON objects of the right types.
+
+    Returns (and keeps on ``check``) the header and claims, then the signing input and signature.
+    """
+    raw = check.raw.encode("ascii", "replace")
+    if len(raw) > max_bytes:
+        raise errors.TokenMalformed(f"the token is {len(raw)} bytes, more than {max_bytes}")
+    parts = raw.split(b".")
+    if len(parts) != 3:
+        kind = "a JWE" if len(parts) == 5 else f"{len(parts)} segments"
+        raise errors.TokenMalformed(f"the token is {kind}, not a compact JWS of 3 segments")
+    header = _HEADERS.get(parts[0])
+    if header is None:
+        header = json_object(decode_segment(parts[0], "header"), "header")
+        _check_types(header, _HEADER_TYPES, "header member")
+        _HEADERS.put(parts[0], header)
+    check.header = header
+    claims = json_object(decode_segment(parts[1], "payload"), "payload")
+    check_claim_types(claims)
+    check.claims = claims
+    signature = decode_segment(parts[2], "signature")
+    return header, claims, parts[0] + b"." + parts[1], signature
+
+
+def verify(check: TokenCheck, trust: Trust, keys: KeyLookup, now: float) -> Verified:
+    """Run checks 3 to 12 on ``check.raw``; return the issuer's policy and the claims."""
+    header, claims, signing_input, signature = parse(check, trust.max_token_bytes)
+    iss = claims.get("iss")
+    policy = trust.policies.get(iss) if isinstance(iss, str) else None
+
+    # 4: the algorithm comes from configuration; the header only names which one was used.
+    alg = header.get("alg")
+    allowed = policy.algorithms if policy else trust.any_algorithm
+    if alg not in allowed or alg not in VERIFIERS:
+        raise errors.AlgorithmNotAllowed(f"alg {shown(alg)} is not allowed")
+
+    # 5: an access token, not an ID token or another JWT; no extension we do not understand.
+    typ = header.get("typ")
+    types = policy.token_types if policy else trust.default_types
+    if typ is None or typ.lower() not in types:
+        raise errors.TokenTypeInvalid(f"typ {shown(typ)} is not an access-token type")
+    if "crit" in header:
+        raise errors.TokenTypeInvalid(
+            f"crit {shown(header['crit'])} names an extension warden does not understand"
+        )
+    cty = header.get("cty")
+    if cty is not None and cty.lower() in NESTED_TYPES:
+        raise errors.TokenTypeInvalid(f"cty {shown(cty)} announces a nested JWT")
+
+    # 6
+    if policy is None:
+        raise errors.IssuerUntrusted(
+            "the token has no iss" if iss is None else f"iss {shown(iss)} is not a trusted issuer"
+        )
+    check.policy = policy
+
+    # 7: keys come from the issuer's JWKS only, never from jku, x5u, jwk or x5c.
+    kid = header.get("kid")
+    if kid is None:
+        raise errors.KeyUnknown("the token header has no kid")
+    key = keys.key(policy.issuer, kid)
+    if key is None:
+        raise errors.KeyUnknown(f"kid {shown(kid)} is not a key of {policy.issuer}")
+    if not key.fits(alg):
+        raise errors.AlgorithmNotAllowed(f"alg {alg!r} does not fit key {shown(kid)} ({key.kty})")
+
+    # 8
+    if not VERIFIERS[alg].verify(signing_input, key.key, signature):
+        raise errors.SignatureInvalid("the signature does not verify")
+    check.verified = True
+
+    check_claims(claims, policy, now, trust.leeway)
+    return Verified(policy, claims)
+
+
+def check_claims(claims: Mapping[str, Any], policy: IssuerPolicy, now: float, leeway: int) -> None:
+    """Checks 9 to 12 on verified claims."""
+    exp = claims.get("exp")
+    if exp is not None and exp + leeway <= now:
+        raise errors.TokenExpired(f"the token expired at {exp}")
+    for name in ("nbf", "iat"):
+        value = claims.get(name)
+        if value is not None and value - leeway > now:
+            raise errors.TokenNotYetValid(f"{name} {value} is in the future")
+    aud = claims.get("aud")
+    audiences = (aud,) if isinstance(aud, str) else (aud or ())
+    if policy.audience not in audiences:
+        raise errors.AudienceMismatch(f"aud does not contain {policy.audience!r}")
+    missing = [name for name in policy.required_claims if name not in claims]
+    if missing:
+        raise errors.ClaimsMissing("missing required claims: " + " ".join(missing))
+
+
+def granted_scopes(claims: Mapping[str, Any]) -> frozenset[str]:
+    """The union of ``scope`` (space-delimited) and ``scp`` (string or array)."""
+    scopes: set[str] = set()
+    scope = claims.get("scope")
+    if isinstance(scope, str):
+        scopes.update(scope.split())
+    scp = claims.get("scp")
+    if isinstance(scp, str):
+        scopes.update(scp.split())
+    elif isinstance(scp, list):
+        scopes.update(s for s in scp if isinstance(s, str))
+    return frozenset(scopes)

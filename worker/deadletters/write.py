@@ -1,0 +1,153 @@
+"""Writing a dead letter: the denial record it carries in ``x-warden-denial`` (its JSON Schema:
+``schemas/denial.schema.json``; ``docs/dead-letters.md``), the original headers it keeps, and
+both encoded for the wire.
+
+A refusal tends to repeat: a publisher that holds a token keeps sending jobs the token does not
+allow, to the same queue. Everything in ``x-warden-reason`` and ``x-warden-denial`` but the moment
+of the refusal is then the same from one dead letter to the next, so it is encoded once and kept;
+only ``denied_at`` is encoded per message.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from worker import names
+from worker.amqp.outbound import nested_table, table_entries, table_entry
+from worker.errors import TableNotEncodable
+from worker.pipeline.decision import Denied
+from worker.pipeline.delivery import Delivery
+from worker.support.cache import BoundedCache
+from worker.support.clock import rfc3339
+
+log = logging.getLogger("warden.consumer")
+
+
+def denial_record(
+    denied: Denied,
+    delivery: Delivery,
+    *,
+    exchange: str,
+    routing_key: str,
+    worker: str,
+    now: datetime,
+) -> dict[str, Any]:
+    """Everything an operator needs to know about a refusal, and nothing secret."""
+    return {
+        "reason": denied.denial.reason,
+        "error": denied.denial.error,
+        "detail": denied.denial.detail,
+        "queue": delivery.queue,
+        "exchange": exchange,
+        "routing_key": routing_key,
+        "action": denied.action,
+        "denied_at": rfc3339(now),
+        "worker": worker,
+        "attempts": delivery.attempt,
+        "token": None if denied.token is None else denied.token.summary(),
+    }
+
+
+_NEVER_KEPT = frozenset({names.HEADER_AUTHORIZATION, names.HEADER_REASON, names.HEADER_DENIAL})
+
+
+def kept_headers(headers: Mapping[str, Any], token: str | None) -> dict[str, Any]:
+    """The original headers a dead letter keeps: all but ``authorization``, any header that
+    repeats the token, and ``x-warden-reason`` and ``x-warden-denial`` (any case), which only
+    warden writes."""
+    kept: dict[str, Any] = {}
+    for name, value in headers.items():
+        if name.lower() in _NEVER_KEPT:
+            continue
+        if token and isinstance(value, str | bytes) and _contains(value, token):
+            continue
+        kept[name] = value
+    return kept
+
+
+def _contains(value: str | bytes, token: str) -> bool:
+    if isinstance(value, bytes):
+        return token.encode("ascii", "replace") in value
+    return token in value
+
+
+class DenialHeaders:
+    """Encodes ``x-warden-reason`` and ``x-warden-denial`` for dead letters, keeping the part
+    that repeats for the ``max_entries`` refusals seen last. An entry holds no token, only its
+    SHA-256 and the claims a record shows, so it is no larger than the largest token warden
+    reads (``WARDEN_MAX_TOKEN_BYTES``)."""
+
+    def __init__(self, worker: str, max_entries: int = 256) -> None:
+        self.worker = worker
+        self._fixed: BoundedCache[tuple[Any, ...], tuple[bytes, bytes]] = BoundedCache(max_entries)
+
+    def __len__(self) -> int:
+        return len(self._fixed)
+
+    def encoded(
+        self,
+        denied: Denied,
+        delivery: Delivery,
+        *,
+        exchange: str,
+        routing_key: str,
+        now: datetime,
+    ) -> bytes:
+        """The two headers as encoded table entries, to follow the message's other headers.
+
+        The table decodes to ``x-warden-reason`` and the :func:`denial_record` of the same
+        arguments, except that a token whose claims AMQP cannot carry is reduced to its
+        fingerprint and ``verified``.
+        """
+        denial, token = denied.denial, denied.token
+        key = (
+            denial.reason,
+            denial.detail,
+            denied.action,
+            delivery.queue,
+            delivery.attempt,
+            exchange,
+            routing_key,
+            # The token's part of the record follows from its text, how far it was checked
+            # and whether its claims could be read.
+            None if token is None else (token.digest(), token.verified, token.claims is None),
+        )
+        fixed = self._fixed.get(key)
+        if fixed is None:
+            record = denial_record(
+                denied,
+                delivery,
+                exchange=exchange,
+                routing_key=routing_key,
+                worker=self.worker,
+                now=now,
+            )
+            fixed = self._encode_fixed(record, delivery)
+            self._fixed.put(key, fixed)
+        head, entries = fixed
+        return head + nested_table(
+            names.HEADER_DENIAL, entries + table_entry("denied_at", rfc3339(now))
+        )
+
+    @staticmethod
+    def _encode_fixed(record: dict[str, Any], delivery: Delivery) -> tuple[bytes, bytes]:
+        """``x-warden-reason``, and the denial table's entries but ``denied_at``."""
+        del record["denied_at"]
+        try:
+            entries = table_entries(record)
+        except TableNotEncodable as exc:
+            # A claim AMQP cannot encode (the token's claims are the publisher's choice): the
+            # dead letter still goes out, with the token reduced to what is always encodable.
+            token = record["token"]
+            if token is None:
+                raise
+            log.warning(
+                "token claims not encodable in a dead letter; kept only its fingerprint",
+                extra={"message_id": delivery.message_id, "error": str(exc)},
+            )
+            record["token"] = {"fingerprint": token["fingerprint"], "verified": token["verified"]}
+            entries = table_entries(record)
+        return table_entry(names.HEADER_REASON, record["reason"]), entries

@@ -1,0 +1,1 @@
+"""Operating a worker: metrics, health endpoints, logs."""

@@ -1,0 +1,198 @@
+"""Actions: the protected work a job asks for, registered with :func:`action` (``docs/actions.md``).
+
+The decorator checks what it can at import (a coroutine function, a ``scopes`` argument, a
+valid name, a delegation policy); :meth:`Registry.from_modules` imports the modules
+``WARDEN_ACTIONS`` names at start-up and refuses duplicate names there, so a bad registry never
+meets its first message.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar, cast
+
+from worker.auth.principal import Principal
+from worker.errors import ConfigurationError
+
+ACTION_NAME = re.compile(r"^[a-z][a-z0-9_.:-]{0,127}$")
+
+
+class AnyActor:
+    """The type of :data:`ANY_ACTOR`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "ANY_ACTOR"
+
+
+ANY_ACTOR: Final = AnyActor()
+"""``actors=ANY_ACTOR``: any actor may act for the subject, as long as the scopes are there."""
+
+Actors = frozenset[str] | AnyActor
+"""An action's delegation policy: the actors allowed to act for a subject, or any actor."""
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """What an action is handed: the job, never the token that carried it."""
+
+    id: str
+    action: str
+    payload: Mapping[str, Any]
+    principal: Principal
+    attempt: int = 1
+    redelivered: bool = False
+
+
+Handler = Callable[[Job], Awaitable[None]]
+H = TypeVar("H", bound=Handler)
+
+
+@dataclass(frozen=True, slots=True)
+class ActionSpec:
+    """A registered action: its name, the scopes it requires and its handler."""
+
+    name: str
+    scopes: frozenset[str]
+    handler: Handler
+    module: str
+    introspect: bool = False
+    """Ask the issuer (RFC 7662) whether the token is still active before every run."""
+    actors: Actors = frozenset()
+    """Who may act for the token's subject (``act.sub``); empty: no delegation at all."""
+
+    def allows_actor(self, actor: str) -> bool:
+        """Whether a token whose current actor (``act.sub``) is ``actor`` may run this action."""
+        actors = self.actors
+        return isinstance(actors, AnyActor) or actor in actors
+
+
+_declared: dict[str, list[ActionSpec]] = {}
+"""Specs by the module that declared them; read by :meth:`Registry.from_modules`."""
+
+
+def action(
+    name: str,
+    *,
+    scopes: Iterable[str],
+    introspect: bool = False,
+    actors: Iterable[str] | AnyActor = (),
+) -> Callable[[H], H]:
+    """Register ``handler`` as the action ``name``, runnable by tokens holding every scope.
+
+    With ``introspect=True`` the issuer is asked, for every job, whether the token is still
+    active (RFC 7662), on top of the revocation feed.
+
+    ``actors`` is the delegation policy (check 16) for tokens with an RFC 8693 ``act``
+    claim, that is tokens where someone acts for the subject: by default no one may, and a token
+    with ``act`` is denied ``delegation_not_allowed``. ``actors={"agent-x", ...}`` lets exactly
+    those ``act.sub`` values act; :data:`ANY_ACTOR` lets any actor. Only the current actor, the
+    top-level ``act.sub``, counts: a nested ``act`` names prior actors and is informational only
+    (RFC 8693 section 4.1), so ``actors={"agent-x"}`` denies a token acted on by ``agent-y``
+    even when ``agent-x`` appears further down its chain. A token without ``act`` is the subject
+    acting for itself and is not concerned.
+    """
+    if not isinstance(name, str) or not ACTION_NAME.fullmatch(name):
+        raise ConfigurationError(f"action name {name!r} does not match {ACTION_NAME.pattern}")
+    if isinstance(scopes, str):
+        raise ConfigurationError(
+            f"action {name!r}: scopes must be a collection of scope names, not one string"
+        )
+    required = frozenset(scopes)
+    if any(not isinstance(s, str) or not s or " " in s for s in required):
+        raise ConfigurationError(f"action {name!r}: every scope must be a non-empty word")
+    policy = _actors(name, actors)
+
+    def register(handler: H) -> H:
+        if not inspect.iscoroutinefunction(handler):
+            raise ConfigurationError(
+                f"action {name!r}: {handler.__qualname__} must be an async function"
+            )
+        spec = ActionSpec(
+            name,
+            required,
+            cast(Handler, handler),
+            handler.__module__,
+            introspect=introspect,
+            actors=policy,
+        )
+        _declared.setdefault(spec.module, []).append(spec)
+        return cast(H, handler)
+
+    return register
+
+
+def _actors(name: str, actors: object) -> Actors:
+    if isinstance(actors, AnyActor):
+        return actors
+    if actors is None or isinstance(actors, str | bytes) or not isinstance(actors, Iterable):
+        raise ConfigurationError(
+            f"action {name!r}: actors must be a collection of actor names (act.sub values), "
+            "() for no delegation, or ANY_ACTOR"
+        )
+    listed = list(actors)
+    if any(not isinstance(a, str) or not a for a in listed):
+        raise ConfigurationError(f"action {name!r}: every actor must be a non-empty string")
+    return frozenset(cast(list[str], listed))
+
+
+class Registry:
+    """The actions a worker can run, by name."""
+
+    def __init__(self, specs: Iterable[ActionSpec]) -> None:
+        self._by_name: dict[str, ActionSpec] = {}
+        for spec in specs:
+            other = self._by_name.get(spec.name)
+            if other is not None:
+                raise ConfigurationError(
+                    f"action {spec.name!r} is registered twice: in {other.module} and {spec.module}"
+                )
+            self._by_name[spec.name] = spec
+
+    @classmethod
+    def from_modules(cls, modules: Iterable[str]) -> Registry:
+        """Import each module and collect the actions it registered."""
+        specs: list[ActionSpec] = []
+        for module in modules:
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise ConfigurationError(
+                    f"WARDEN_ACTIONS: cannot import {module!r}: {exc}"
+                ) from exc
+            found = _declared.get(module, [])
+            if not found:
+                raise ConfigurationError(f"WARDEN_ACTIONS: module {module!r} registers no action")
+            specs.extend(found)
+        return cls(specs)
+
+    @classmethod
+    def of(cls, *handlers: Handler) -> Registry:
+        """A registry of exactly these decorated handlers (for embedding and tests)."""
+        wanted = set(handlers)
+        specs = [s for found in _declared.values() for s in found if s.handler in wanted]
+        missing = wanted - {s.handler for s in specs}
+        if missing:
+            names = ", ".join(sorted(getattr(h, "__qualname__", repr(h)) for h in missing))
+            raise ConfigurationError(f"not registered with @action: {names}")
+        return cls(specs)
+
+    def get(self, name: str) -> ActionSpec | None:
+        """The action called ``name``, or None."""
+        return self._by_name.get(name)
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def introspected(self) -> list[str]:
+        """Names of the actions registered with ``introspect=True``."""
+        return sorted(name for name, spec in self._by_name.items() if spec.introspect)
+
+    def names(self) -> list[str]:
+        """Registered action names, sorted."""
+        return sorted(self._by_name)

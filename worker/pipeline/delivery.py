@@ -1,0 +1,20 @@
+"""A delivery as the pipeline sees it: bytes, properties and headers, nothing of AMQP."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message taken from a work queue, as the transport edge hands it to the pipeline."""
+
+    body: bytes
+    headers: Mapping[str, Any]
+    message_id: str | None
+    content_type: str | None
+    queue: str
+    attempt: int = 1
+    redelivered: bool = False

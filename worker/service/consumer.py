@@ -1,0 +1,259 @@
+"""The consumer: decide each delivery, run what is allowed, settle every message in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from worker import names
+from worker.amqp.connection import Channel
+from worker.amqp.inbound import Inbound, to_delivery
+from worker.amqp.outbound import Acker, copy_properties, requeue, send_copy
+from worker.amqp.topology import retry_tier
+from worker.deadletters.write import DenialHeaders, kept_headers
+from worker.errors import PublishFailed, Unavailable
+from worker.ops.metrics import UNREGISTERED, Metrics
+from worker.pipeline.decision import Denied, Gate
+from worker.pipeline.delivery import Delivery
+from worker.pipeline.execution import run_action
+from worker.pipeline.outcomes import Again, DeadLetter, Defer, Done, Outcome
+from worker.settings import Settings
+from worker.support.backoff import backoff
+
+log = logging.getLogger("warden.consumer")
+
+
+def _action_outcome(outcome: Outcome) -> str:
+    if isinstance(outcome, Done):
+        return "done"
+    if isinstance(outcome, DeadLetter):
+        return "rejected" if outcome.denied.denial.reason == "action_rejected" else "failed"
+    return "retry"
+
+
+class Consumer:
+    """Handles the deliveries of every work queue of one worker."""
+
+    def __init__(
+        self,
+        gate: Gate,
+        settings: Settings,
+        publisher: Channel,
+        *,
+        metrics: Metrics | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.gate = gate
+        self.metrics = metrics or Metrics()
+        self._allowed_level = logging.getLevelName(settings.log_allowed_level)
+        self.settings = settings
+        self._publisher = publisher
+        self._now = now
+        self._denials = DenialHeaders(settings.worker_id)
+        self._tiers = settings.retry_tiers()
+        self.in_flight: set[asyncio.Task[Any]] = set()
+        self._acks = Acker(
+            linger=settings.ack_linger_ms / 1000, batch=max(1, settings.prefetch // 4)
+        )
+
+    async def flushed(self) -> None:
+        """Wait until the acks of every settled message have been written."""
+        await self._acks.flushed()
+
+    async def on_message(self, queue: str, message: Inbound) -> None:
+        """Decide, run and settle one delivery."""
+        task = asyncio.current_task()
+        if task is not None:
+            self.in_flight.add(task)
+        self._acks.delivered(message)
+        try:
+            delivery = to_delivery(message, queue)
+            outcome = await self.outcome(delivery)
+            await self.settle(message, delivery, outcome)
+        except Exception:
+            # A fault of warden's own, not a verdict: back to the queue, where the delivery
+            # limit ends a message that keeps causing it (dead-lettered as delivery_limit).
+            log.exception("handling failed", extra={"message_id": message.message_id})
+            if self._acks.unsettled(message):
+                self._acks.settled_otherwise(message)
+                await requeue(message)
+        finally:
+            self._acks.abandon(message)
+            if task is not None:
+                self.in_flight.discard(task)
+
+    async def outcome(self, delivery: Delivery) -> Outcome:
+        """What should become of ``delivery``."""
+        metrics, queue = self.metrics, delivery.queue
+        started = time.perf_counter()
+        try:
+            verdict = await self.gate.decide(delivery)
+        except Unavailable as exc:
+            metrics.decided(queue, "", "deferred", "", time.perf_counter() - started)
+            return Defer(str(exc))
+        elapsed = time.perf_counter() - started
+        if isinstance(verdict, Denied):
+            action = verdict.action or ""
+            if action and self.gate.registry.get(action) is None:
+                action = UNREGISTERED
+            metrics.decided(queue, action, "denied", verdict.denial.reason, elapsed)
+            return DeadLetter(verdict)
+        job = verdict.job
+        metrics.decided(queue, job.action, "allowed", "", elapsed)
+        if log.isEnabledFor(self._allowed_level):
+            log.log(
+                self._allowed_level,
+                "allowed",
+                extra={
+                    "message_id": job.id,
+                    "queue": queue,
+                    "action": job.action,
+                    "client_id": job.principal.client_id,
+                    "jti": job.principal.jti,
+                    "attempt": job.attempt,
+                    "traceparent": delivery.headers.get(names.HEADER_TRACEPARENT),
+                },
+            )
+        started = time.perf_counter()
+        outcome = await run_action(verdict, self.settings.max_attempts)
+        metrics.action_seconds.labels(queue, job.action, _action_outcome(outcome)).observe(
+            time.perf_counter() - started
+        )
+        return outcome
+
+    async def settle(self, message: Inbound, delivery: Delivery, outcome: Outcome) -> None:
+        """The one place that acks, dead-letters or returns a message to its queue."""
+        match outcome:
+            case Done():
+                self._acks.ack(message)
+            case DeadLetter(denied):
+                self._log_denial(delivery, denied)
+                try:
+                    await self._dead_letter(message, delivery, denied)
+                except PublishFailed as exc:
+                    self.metrics.dead_letter_failures.labels(delivery.queue).inc()
+                    log.error(
+                        "dead letter not confirmed; returning the message to its queue",
+                        extra={
+                            "message_id": delivery.message_id,
+                            "queue": delivery.queue,
+                            "reason": denied.denial.reason,
+                            "error": str(exc),
+                        },
+                    )
+                    await self._defer(message, delivery, f"dead letter failed: {exc}")
+                else:
+                    self._acks.ack(message)
+            case Defer(why):
+                await self._defer(message, delivery, why)
+            case Again(why, delay):
+                settings = self.settings
+                wait = (
+                    min(max(delay, 0.0), settings.retry_max_seconds)
+                    if delay is not None
+                    else backoff(
+                        settings.retry_base_seconds,
+                        settings.retry_max_seconds,
+                        delivery.attempt - 1,
+                    )
+                )
+                log.info(
+                    "action will be tried again",
+                    extra={
+                        "message_id": delivery.message_id,
+                        "queue": delivery.queue,
+                        "attempt": delivery.attempt,
+                        "delay": round(wait, 3),
+                        "error": why,
+                    },
+                )
+                await self._put_back(
+                    message, delivery, {names.HEADER_ATTEMPT: delivery.attempt + 1}, wait
+                )
+
+    async def _defer(self, message: Inbound, delivery: Delivery, why: str) -> None:
+        headers = delivery.headers
+        deferrals = headers.get(names.HEADER_DEFERRALS)
+        count = deferrals if type(deferrals) is int and deferrals >= 0 else 0
+        wait = backoff(self.settings.retry_base_seconds, self.settings.defer_max_seconds, count)
+        log.warning(
+            "no verdict yet; the message waits",
+            extra={
+                "message_id": delivery.message_id,
+                "queue": delivery.queue,
+                "why": why,
+                "delay": round(wait, 3),
+            },
+        )
+        await self._put_back(message, delivery, {names.HEADER_DEFERRALS: count + 1}, wait)
+
+    async def _put_back(
+        self,
+        message: Inbound,
+        delivery: Delivery,
+        update: dict[str, Any],
+        delay: float,
+    ) -> None:
+        """Park a copy with ``update`` in its headers in a retry queue for ``delay``, then ack.
+
+        The broker holds the wait, so it survives this worker stopping, and hands the copy back
+        to the work queue when it expires. A copy, because returning the original with a nack
+        would count against the delivery limit, which is for consumers that crash.
+        """
+        delay_ms = max(round(delay * 1000), 1)
+        retry_queue = names.retry_queue(delivery.queue, retry_tier(self._tiers, delay_ms))
+        copy = copy_properties(message, {**delivery.headers, **update}, expiration_ms=delay_ms)
+        try:
+            await self._send(message.body, copy, "", retry_queue)
+        except PublishFailed as exc:
+            log.error(
+                "could not park a copy; returning the original after the delay",
+                extra={
+                    "message_id": delivery.message_id,
+                    "queue": delivery.queue,
+                    "error": str(exc),
+                },
+            )
+            await asyncio.sleep(delay)
+            self._acks.settled_otherwise(message)
+            await requeue(message)
+            return
+        self._acks.ack(message)
+
+    async def _dead_letter(self, message: Inbound, delivery: Delivery, denied: Denied) -> None:
+        headers = kept_headers(delivery.headers, denied.token.raw if denied.token else None)
+        stamp = self._denials.encoded(
+            denied,
+            delivery,
+            exchange=message.exchange or "",
+            routing_key=message.routing_key or "",
+            now=self._now(),
+        )
+        letter = copy_properties(message, headers, more_headers=stamp)
+        routing_key = names.dead_letter_routing_key(denied.denial.reason, delivery.queue)
+        await self._send(message.body, letter, names.DEAD_LETTER_EXCHANGE, routing_key)
+
+    async def _send(self, body: bytes, properties: Any, exchange: str, routing_key: str) -> None:
+        await send_copy(self._publisher, body, properties, exchange, routing_key)
+
+    def _log_denial(self, delivery: Delivery, denied: Denied) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return
+        claims = (denied.token.claims if denied.token else None) or {}
+        log.info(
+            "denied",
+            extra={
+                "message_id": delivery.message_id,
+                "queue": delivery.queue,
+                "action": denied.action,
+                "reason": denied.denial.reason,
+                "detail": denied.denial.detail,
+                "client_id": claims.get("client_id"),
+                "jti": claims.get("jti"),
+                "traceparent": delivery.headers.get(names.HEADER_TRACEPARENT),
+            },
+        )
