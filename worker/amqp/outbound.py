@@ -172,12 +172,26 @@ async def _settle(message: Inbound, what: str, settling: Coroutine[Any, Any, Non
 # --- header tables encoded beforehand -----------------------------------------------------------
 
 
-def table_entry(name: str, value: Any) -> bytes:
-    """One entry of a field table, encoded as pamqp (and so aiormq) encodes it."""
+TABLE = b"F"
+"""The type tag of a field-table value; its length (:data:`TABLE_LENGTH`) and entries follow."""
+
+
+def table_key(name: str) -> bytes:
+    """The name of a field-table entry, encoded."""
+    return encode.short_string(name)
+
+
+def table_value(value: Any) -> bytes:
+    """The value of a field-table entry, encoded as pamqp (and so aiormq) encodes it."""
     try:
-        return encode.short_string(name) + encode.encode_table_value(value)
+        return encode.encode_table_value(value)
     except _ENCODING_ERRORS as exc:
-        raise TableNotEncodable(f"{name}: {type(exc).__name__}") from None
+        raise TableNotEncodable(type(exc).__name__) from None
+
+
+def table_entry(name: str, value: Any) -> bytes:
+    """One entry of a field table: its name and its value."""
+    return table_key(name) + table_value(value)
 
 
 def table_entries(values: Mapping[str, Any]) -> bytes:
@@ -186,11 +200,6 @@ def table_entries(values: Mapping[str, Any]) -> bytes:
         return encode.field_table(dict(values))[4:]
     except _ENCODING_ERRORS as exc:
         raise TableNotEncodable(type(exc).__name__) from None
-
-
-def nested_table(name: str, entries: bytes) -> bytes:
-    """An entry whose value is a field table of the given encoded ``entries``."""
-    return encode.short_string(name) + b"F" + TABLE_LENGTH.pack(len(entries)) + entries
 
 
 # --- copies, published with confirms -----------------------------------------------------------

@@ -16,7 +16,14 @@ from datetime import datetime
 from typing import Any
 
 from worker import names
-from worker.amqp.outbound import nested_table, table_entries, table_entry
+from worker.amqp.outbound import (
+    TABLE,
+    TABLE_LENGTH,
+    table_entries,
+    table_entry,
+    table_key,
+    table_value,
+)
 from worker.errors import TableNotEncodable
 from worker.pipeline.decision import Denied
 from worker.pipeline.delivery import Delivery
@@ -24,6 +31,8 @@ from worker.support.cache import BoundedCache
 from worker.support.clock import rfc3339
 
 log = logging.getLogger("warden.consumer")
+
+_DENIED_AT = table_key("denied_at")
 
 
 def denial_record(
@@ -128,9 +137,8 @@ class DenialHeaders:
             fixed = self._encode_fixed(record, delivery)
             self._fixed.put(key, fixed)
         head, entries = fixed
-        return head + nested_table(
-            names.HEADER_DENIAL, entries + table_entry("denied_at", rfc3339(now))
-        )
+        entries += _DENIED_AT + table_value(rfc3339(now))
+        return head + TABLE_LENGTH.pack(len(entries)) + entries
 
     @staticmethod
     def _encode_fixed(record: dict[str, Any], delivery: Delivery) -> tuple[bytes, bytes]:
@@ -150,4 +158,5 @@ class DenialHeaders:
             )
             record["token"] = {"fingerprint": token["fingerprint"], "verified": token["verified"]}
             entries = table_entries(record)
-        return table_entry(names.HEADER_REASON, record["reason"]), entries
+        head = table_entry(names.HEADER_REASON, record["reason"]) + table_key(names.HEADER_DENIAL)
+        return head + TABLE, entries

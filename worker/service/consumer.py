@@ -208,7 +208,7 @@ class Consumer:
         retry_queue = names.retry_queue(delivery.queue, retry_tier(self._tiers, delay_ms))
         copy = copy_properties(message, {**delivery.headers, **update}, expiration_ms=delay_ms)
         try:
-            await self._send(message.body, copy, "", retry_queue)
+            await send_copy(self._publisher, message.body, copy, "", retry_queue)
         except PublishFailed as exc:
             log.error(
                 "could not park a copy; returning the original after the delay",
@@ -235,10 +235,9 @@ class Consumer:
         )
         letter = copy_properties(message, headers, more_headers=stamp)
         routing_key = names.dead_letter_routing_key(denied.denial.reason, delivery.queue)
-        await self._send(message.body, letter, names.DEAD_LETTER_EXCHANGE, routing_key)
-
-    async def _send(self, body: bytes, properties: Any, exchange: str, routing_key: str) -> None:
-        await send_copy(self._publisher, body, properties, exchange, routing_key)
+        await send_copy(
+            self._publisher, message.body, letter, names.DEAD_LETTER_EXCHANGE, routing_key
+        )
 
     def _log_denial(self, delivery: Delivery, denied: Denied) -> None:
         if not log.isEnabledFor(logging.INFO):
