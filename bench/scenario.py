@@ -134,7 +134,7 @@ async def relay(clock: Clock) -> None:
         async def on_message(message: Inbound) -> None:
             clock.started()
             acks.delivered(message)
-            copy = copy_properties(message, dict(message.properties.headers or {}))
+            copy = copy_properties(message, dict(message.properties.headers or {}), user_id="guest")
             await send_copy(publisher, message.body, copy, "", f"{QUEUE}.dlq")
             acks.ack(message)
             clock.one_settled()

@@ -165,9 +165,7 @@ async def start_worker(
         settings = worker_settings(url, jwks, issuer, queue_name, **overrides)
         for queue in settings.queues:
             rabbit.forget_later(queue, settings.retry_tiers())
-        worker = Worker(
-            settings, registry, revocations=RevocationList() if revocations is None else revocations
-        )
+        worker = Worker(settings, registry, revocations=revocations)
         handle = Running(worker)
         running.append(handle)
         task = handle.task

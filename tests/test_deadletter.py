@@ -140,7 +140,7 @@ def test_a_publishers_own_warden_headers_never_reach_a_dead_letter() -> None:
 
     more = encode.short_string("x-warden-reason") + encode.encode_table_value("token_revoked")
     message = Inbound(_delivered(original))
-    wire = copy_properties(message, kept, more_headers=more).marshal()
+    wire = copy_properties(message, kept, user_id="guest", more_headers=more).marshal()
     properties = commands.Basic.Properties()
     properties.unmarshal(struct.unpack(">H", wire[:2])[0], wire[2:])
     assert properties.headers == {**kept, "x-warden-reason": "token_revoked"}

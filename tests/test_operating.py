@@ -189,10 +189,13 @@ async def test_broker_dead_lettered_message_is_replayed_to_its_queue(
             "routing-keys": [queue_name],
         }
     ]
+    # A letter as the broker left it, written into the dead-letter queue by a trusted user
+    # (the tools' own, guest): tools read its reason from x-death.
     mid = await rabbit.publish(
         names.dead_letter_queue(queue_name),
         {"action": "reports.read", "payload": {"n": 1}},
         headers={"x-death": death, "x-delivery-count": 5},
+        user_id="guest",
     )
     env = {"WARDEN_BROKER_URL": broker_url}
     listed = json.loads((await warden("dlq", "list", queue_name, "--json", env=env))[1])

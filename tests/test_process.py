@@ -53,6 +53,7 @@ async def spawn(
             "WARDEN_DEFER_MAX_SECONDS": "0.5",
             "WARDEN_TEST_RAN_QUEUE": ran_queue,
             "WARDEN_LOG_LEVEL": "WARNING",
+            "WARDEN_HTTP_PORT": "0",  # a port of its own: several may run, beside anything else
             **env,
         }
         process = await asyncio.create_subprocess_exec(
@@ -118,7 +119,9 @@ async def test_message_that_kills_the_worker_every_time_reaches_the_dlq_as_deliv
     fine = await rabbit.job(queue_name, "work.slow", issuer.token(scope="work"))
 
     # Workers keep dying on the poison message until the broker gives up on it.
-    dead_lettered = asyncio.create_task(rabbit.dead_letters(queue_name, 1, timeout=120))
+    dead_lettered = asyncio.create_task(
+        rabbit.until_depth(names.dead_letter_queue(queue_name), 1, timeout=120)
+    )
     deaths = 0
     while not dead_lettered.done():
         process = await spawn(WARDEN_DELIVERY_LIMIT=str(limit), WARDEN_PREFETCH="1")
@@ -132,16 +135,49 @@ async def test_message_that_kills_the_worker_every_time_reaches_the_dlq_as_deliv
             process.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(exited, 30) in (0, -signal.SIGTERM)
 
-    [letter] = dead_lettered.result()
+    # What the operator's tools print of it holds no token either.
+    for command in (("list", queue_name, "--json"), ("show", queue_name, str(poison))):
+        tool = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "worker",
+            "dlq",
+            *command,
+            env={**os.environ, "WARDEN_BROKER_URL": rabbit.url},
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        printed, _ = await tool.communicate()
+        assert tool.returncode == 0, printed.decode()
+        assert "delivery_limit" in printed.decode()
+        assert_no_leak(printed.decode(), f"warden dlq {command[0]}")
+    [letter] = await rabbit.dead_letters(queue_name, 1)
     assert deaths >= limit - 1
     assert letter.message_id == poison
+    # The broker's dead letter waited in quarantine; what reached the dead-letter queue was
+    # written by warden: its user, its reason and record, and no token anywhere.
+    assert letter.user_id == "guest"
     assert dead_letter_reason(letter.headers) == "delivery_limit"
     assert letter.routing_key == f"delivery_limit.{queue_name}"
+    assert "authorization" not in letter.headers
+    denial = letter.headers["x-warden-denial"]
+    assert denial["reason"] == "delivery_limit"
+    assert denial["action"] == "work.crash"
+    assert "deliveries" in denial["detail"]
+    assert_no_leak(repr((letter.headers, letter.body, letter.info())), "the dead letter")
+    assert await rabbit.depth(names.quarantine_queue(queue_name)) == 0
 
     # The job behind it was never lost: it ran once, before or in this last worker.
-    process = await spawn(WARDEN_DELIVERY_LIMIT=str(limit), WARDEN_PREFETCH="1")
+    process = await spawn(
+        WARDEN_DELIVERY_LIMIT=str(limit), WARDEN_PREFETCH="1", WARDEN_LOG_LEVEL="INFO"
+    )
     [ran] = await rabbit.take(f"{queue_name}.ran", 1, timeout=30)
     assert ran.body.decode() == fine
+    assert process.stderr is not None
+    async with asyncio.timeout(30):
+        while b'"consuming"' not in await process.stderr.readline():
+            pass
     process.send_signal(signal.SIGTERM)
     await asyncio.wait_for(process.wait(), 30)
     assert process.returncode == 0

@@ -48,7 +48,7 @@ async def test_job_queued_before_its_jti_was_revoked_is_denied(
     denied = await rabbit.job(queue_name, "reports.read", revoked_token)
     allowed = await rabbit.job(queue_name, "reports.read", other_token)
     jti = _claims(revoked_token)["jti"]
-    await revoke(broker_url, _event(jti=jti), "24h")
+    await revoke(broker_url, _event(jti=jti), "24h", "guest")
 
     await start_worker()
 
@@ -66,7 +66,7 @@ async def test_client_revocation_cuts_off_tokens_issued_before_the_cut(
     client = _client()
     cut = int(time.time())
     await revoke(
-        broker_url, _event(client_id=client, iss=issuer.url, issued_before=_at(cut)), "24h"
+        broker_url, _event(client_id=client, iss=issuer.url, issued_before=_at(cut)), "24h", "guest"
     )
     await start_worker()
     old = await rabbit.job(queue_name, "reports.read", issuer.token(client_id=client, iat=cut - 60))
@@ -88,7 +88,7 @@ async def test_two_workers_both_deny_soon_after_the_event(
     claims = _claims(token)
 
     published = time.monotonic()
-    await revoke(broker_url, _event(jti=claims["jti"]), "24h")
+    await revoke(broker_url, _event(jti=claims["jti"]), "24h", "guest")
     async with asyncio.timeout(5):
         for handle in running:
             await handle.worker.feed.wait_until_revoked(claims, issuer.url)

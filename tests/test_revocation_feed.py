@@ -154,7 +154,9 @@ async def test_an_event_that_cannot_be_applied_stops_decisions_until_it_is(
     assert (await _readyz(port))[0] == 200
 
     revoked_at = time.monotonic()
-    await revoke(vhost_url, Revocation("jti", _jti(poisoned), None, None, time.time() + 60), "24h")
+    await revoke(
+        vhost_url, Revocation("jti", _jti(poisoned), None, None, time.time() + 60), "24h", "guest"
+    )
     await asyncio.wait_for(feed.wait_unreliable(), STALENESS)
     assert time.monotonic() - revoked_at < STALENESS
     status, body = await _readyz(port)
@@ -202,7 +204,13 @@ async def test_a_feed_that_stops_advancing_turns_stale_within_the_budget(
 ) -> None:
     channel = await vrabbit.connection.channel()
     await declare_stream(channel, "24h")
-    feed = StallingFeed(vhost_url, RevocationList(), max_staleness=STALENESS)
+    feed = StallingFeed(
+        vhost_url,
+        RevocationList(),
+        max_staleness=STALENESS,
+        trusted=frozenset({"guest"}),
+        user="guest",
+    )
     following = asyncio.create_task(feed.follow_forever())
     try:
         async with asyncio.timeout(10):

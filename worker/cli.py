@@ -6,6 +6,7 @@ import click
 
 from worker.commands.dlq import dlq
 from worker.commands.explain import explain
+from worker.commands.permissions import permissions
 from worker.commands.publish import publish
 from worker.commands.revoke import revoke
 from worker.commands.run import run
@@ -16,5 +17,5 @@ def main() -> None:
     """warden: verify each job's access token, run what is allowed, dead-letter what is not."""
 
 
-for command in (run, publish, revoke, dlq, explain):
+for command in (run, publish, revoke, dlq, explain, permissions):
     main.add_command(command)

@@ -245,6 +245,11 @@ class RevocationsStale(Unavailable):
     """The revocation list cannot be relied on now (the feed is behind, unreachable or faulted)."""
 
 
+class RevocationListFull(Transient):
+    """The revocation list holds ``WARDEN_REVOCATION_MAX_ENTRIES`` entries and an event would add
+    one more; entries expire, so it may fit later."""
+
+
 class FetchError(Transient):
     """A metadata or JWKS document could not be had or was not usable."""
 

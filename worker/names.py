@@ -4,6 +4,12 @@ what operators and publishers depend on (``docs/jobs.md``, ``docs/dead-letters.m
 from __future__ import annotations
 
 DEAD_LETTER_EXCHANGE = "warden.dlx"
+JOBS_EXCHANGE = "warden.jobs"
+"""Jobs enter here (direct): each work queue is bound with its own name as routing key."""
+REVOKE_EXCHANGE = "warden.revoke"
+"""Revocation events enter here (fanout), bound to the stream only."""
+QUARANTINE_EXCHANGE = "warden.quarantine"
+"""Where the broker dead-letters a work queue's messages (direct, routing key: the queue)."""
 REVOCATION_STREAM = "warden.revocations"
 
 HEADER_AUTHORIZATION = "authorization"
@@ -44,6 +50,12 @@ def dead_letter_queue(queue: str) -> str:
 def dead_letter_binding(queue: str) -> str:
     """Binding key of ``queue``'s dead-letter queue: one word of reason, then the queue."""
     return f"*.{queue}"
+
+
+def quarantine_queue(queue: str) -> str:
+    """Name of the queue that holds what the broker dead-lettered from ``queue``, until warden
+    has written it into the dead-letter queue without its token."""
+    return f"{queue}.quarantine"
 
 
 def retry_queue(queue: str, ttl_ms: int) -> str:

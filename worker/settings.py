@@ -10,6 +10,7 @@ import os
 import re
 import socket
 from typing import Annotated, Any, Literal, Self, TypeVar
+from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     AnyHttpUrl,
@@ -34,6 +35,19 @@ ASYMMETRIC_ALGORITHMS = frozenset(
 
 DEFAULT_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
 DEFAULT_REQUIRED_CLAIMS = ("iss", "exp", "aud", "sub", "client_id", "iat", "jti")
+
+RETENTION = re.compile(r"^([1-9][0-9]*)(Y|M|D|h|m|s)$")
+"""A stream's ``x-max-age``: a count and a unit."""
+_UNIT_SECONDS = {"Y": 365 * 86_400, "M": 30 * 86_400, "D": 86_400, "h": 3600, "m": 60, "s": 1}
+
+
+def retention_seconds(retention: str) -> int:
+    """An ``x-max-age`` in seconds (a month taken as 30 days, a year as 365)."""
+    match = RETENTION.fullmatch(retention)
+    if match is None:
+        raise ValueError(f"{retention!r} is not a count and one of Y M D h m s")
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_:-][A-Za-z0-9_.:-]{0,200}$")
 
@@ -81,15 +95,46 @@ class BrokerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
 
     broker_url: SecretStr = SecretStr("amqp://guest:guest@localhost:5672/")
+    trusted_users: Annotated[tuple[str, ...], NoDecode] = ()
+    """Broker users whose letters, copies and revocation events warden believes (default: the
+    user of ``WARDEN_BROKER_URL``)."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_allowed_level: Literal["DEBUG", "INFO"] = "DEBUG"
-    revocation_retention: Annotated[str, Field(pattern=r"^[1-9][0-9]*(Y|M|D|h|m|s)$")] = "24h"
+    revocation_retention: Annotated[str, Field(pattern=RETENTION.pattern)] = "24h"
+    max_token_lifetime_seconds: Annotated[int, Field(ge=1)] = 43_200
+    """Tokens that live longer (``exp - iat``) are denied; a revocation lasts this long."""
+    leeway_seconds: Annotated[int, Field(ge=0, le=3600)] = 30
     queues: Annotated[tuple[str, ...], NoDecode] = ("jobs",)
 
-    @field_validator("queues", mode="before")
+    @field_validator("queues", "trusted_users", mode="before")
     @classmethod
     def _queue_list(cls, value: object) -> object:
         return _split(value)
+
+    @model_validator(mode="after")
+    def _revocations_hold(self) -> Self:
+        needed = self.revocation_lifetime()
+        if retention_seconds(self.revocation_retention) < needed:
+            raise ValueError(
+                f"WARDEN_REVOCATION_RETENTION ({self.revocation_retention}) is shorter than "
+                f"WARDEN_MAX_TOKEN_LIFETIME_SECONDS plus WARDEN_LEEWAY_SECONDS ({needed}s): "
+                "a revocation could leave the stream while its token still works"
+            )
+        return self
+
+    def revocation_lifetime(self) -> int:
+        """How long a revocation must hold to outlast every token it can name: the longest token
+        lifetime, plus the leeway by which an expired token is still accepted."""
+        return self.max_token_lifetime_seconds + self.leeway_seconds
+
+    def broker_user(self) -> str:
+        """The user warden connects as (what RabbitMQ puts in the ``user_id`` it validates)."""
+        return unquote(urlsplit(self.broker_url.get_secret_value()).username or "guest")
+
+    def trusted(self) -> frozenset[str]:
+        """The broker users whose ``x-warden-*`` headers, ``x-death`` and revocation events are
+        believed: ``WARDEN_TRUSTED_USERS``, or else this connection's own user."""
+        return frozenset(self.trusted_users or (self.broker_user(),))
 
     @field_validator("queues")
     @classmethod
@@ -119,7 +164,6 @@ class Settings(BrokerSettings):
     audience: str | None = None
     issuers: tuple[IssuerSettings, ...] = ()
     algorithms: Annotated[tuple[str, ...], NoDecode] = DEFAULT_ALGORITHMS
-    leeway_seconds: Annotated[int, Field(ge=0, le=3600)] = 30
     prefetch: Annotated[int, Field(ge=1, le=65535)] = 64
     ack_linger_ms: Annotated[float, Field(ge=0, le=1000)] = 2.0
     """How long a settled message's ack may wait to leave with others (0: at once)."""
@@ -134,6 +178,8 @@ class Settings(BrokerSettings):
     jwks_cooldown_seconds: Annotated[float, Field(ge=0)] = 30.0
     jwks_refresh_seconds: Annotated[float, Field(gt=0)] = 300.0
     revocation_max_staleness: Annotated[float, Field(gt=0)] = 30.0
+    revocation_max_entries: Annotated[int, Field(ge=1)] = 1_000_000
+    """Revocation entries held at most; a feed that would hold more stops decisions."""
     introspection_client_id: str | None = None
     introspection_client_secret: SecretStr | None = None
     introspection_endpoint: AnyHttpUrl | None = None

@@ -35,8 +35,10 @@ class Rabbit:
         await self.connection.close()
 
     def forget_later(self, queue: str, retry_tiers: tuple[int, ...] = ()) -> None:
-        """Delete ``queue``, its dead-letter queue and its retry queues when the test ends."""
-        self._to_delete.update((queue, names.dead_letter_queue(queue)))
+        """Delete ``queue``, its dead-letter, quarantine and retry queues when the test ends."""
+        self._to_delete.update(
+            (queue, names.dead_letter_queue(queue), names.quarantine_queue(queue))
+        )
         self._to_delete.update(names.retry_queue(queue, ttl) for ttl in retry_tiers)
 
     async def publish(
@@ -126,6 +128,15 @@ class Rabbit:
             return declared.declaration_result.message_count or 0
         finally:
             await channel.close()
+
+    async def until_depth(self, queue: str, count: int, timeout: float = 15.0) -> None:
+        """Return once ``queue`` holds ``count`` ready messages. The broker is another process
+        with no event to wait on: it is asked, every 50 ms, until it says so."""
+        async with asyncio.timeout(timeout):
+            while True:
+                if await self.depth(queue) == count:
+                    return
+                await asyncio.sleep(0.05)
 
     async def get_all(self, queue: str) -> list[AbstractIncomingMessage]:
         """Take every message ready in ``queue`` now (acked), in order."""

@@ -42,3 +42,32 @@ async def scratch_vhost(broker_url: str) -> AsyncIterator[str]:
         yield urlunsplit(parts._replace(path="/" + quote(name, safe="")))
     finally:
         await _rabbitmqctl("delete_vhost", name)
+
+
+async def rabbitmqctl(*args: str) -> str:
+    """Run ``rabbitmqctl`` against the shared node; fail the test on an error."""
+    return await _rabbitmqctl(*args)
+
+
+@contextlib.asynccontextmanager
+async def broker_users(*names: str) -> AsyncIterator[dict[str, str]]:
+    """Broker users of the test's own (name -> password), with no permissions yet; deleted
+    afterwards."""
+    passwords = {name: uuid.uuid4().hex for name in names}
+    for name, password in passwords.items():
+        await _rabbitmqctl("add_user", name, password)
+    try:
+        yield passwords
+    finally:
+        for name in passwords:
+            await _rabbitmqctl("delete_user", name)
+
+
+def as_user(url: str, user: str, password: str) -> str:
+    """``url`` with another user's credentials."""
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))

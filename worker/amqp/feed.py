@@ -18,6 +18,7 @@ from functools import partial
 from typing import Any
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, DeliveryMode
 
 from worker import errors, names
@@ -34,24 +35,45 @@ _BROKEN: tuple[type[BaseException], ...] = (FeedBroken, PublishFailed, OSError, 
 """What ends one attachment of the feed; it attaches again."""
 
 
-async def publish_revocation(channel: AbstractChannel, event: Revocation) -> None:
-    """Append one event to the feed, confirmed by the broker."""
+async def publish_revocation(channel: AbstractChannel, event: Revocation, user: str) -> None:
+    """Append one event to the feed through ``warden.revoke``, confirmed by the broker.
+
+    It carries ``user_id``, which RabbitMQ checks against the publishing connection's user:
+    workers believe an event only from a trusted user (``WARDEN_TRUSTED_USERS``).
+    """
     message = aio_pika.Message(
         event.to_json(),
         content_type="application/json",
         delivery_mode=DeliveryMode.PERSISTENT,
         message_id=str(uuid.uuid4()),
+        user_id=user,
     )
-    await publish_confirmed(channel.default_exchange, message, names.REVOCATION_STREAM)
+    exchange = await channel.get_exchange(names.REVOKE_EXCHANGE, ensure=False)
+    await publish_confirmed(exchange, message, "")
 
 
-async def revoke(broker_url: str, event: Revocation, retention: str) -> None:
-    """What ``warden revoke`` does: make sure the stream exists, append ``event``, confirmed."""
+async def revoke(broker_url: str, event: Revocation, retention: str, user: str) -> None:
+    """What ``warden revoke`` does: append ``event``, confirmed.
+
+    Where the user may (a worker's or an administrator's user), the stream and its exchange are
+    declared first, so that a revocation issued before any worker ran is kept; a revoker with
+    only the permission to write to ``warden.revoke`` publishes to what the workers declared.
+    """
     connection = await aio_pika.connect(broker_url)
     async with connection:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        await declare_stream(channel, retention)
-        await publish_revocation(channel, event)
+        try:
+            await declare_stream(channel, retention)
+        except aiormq.exceptions.ChannelAccessRefused:
+            # The broker closed the channel: publish on a new one, with what exists.
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        try:
+            await publish_revocation(channel, event, user)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            raise PublishFailed(
+                f"exchange {names.REVOKE_EXCHANGE!r} does not exist: start a worker first, "
+                "it declares the revocation stream and its exchange"
+            ) from None
 
 
 class RevocationFeed:
@@ -72,12 +94,20 @@ class RevocationFeed:
         revocations: RevocationList,
         *,
         max_staleness: float,
+        trusted: frozenset[str],
+        user: str,
         probe_every: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self._url = broker_url
         self.revocations = revocations
+        self._trusted = trusted
+        self._user = user
+        self.untrusted = 0
+        """Events ignored because no trusted user wrote them (``warden_revocations_untrusted``)."""
+        self._untrusted_publishers: set[str | None] = set()
+        self._near_full = False
         self.max_staleness = max_staleness
         self._probe_every = probe_every or max(min(max_staleness / 3, 5.0), 0.05)
         self._clock = clock
@@ -229,6 +259,7 @@ class RevocationFeed:
                     if self._probe is None:
                         await self._send_probe(publisher)
                     self.revocations.prune(self._wall())
+                    self._watch_size()
             finally:
                 waiting.cancel()
             raise FeedBroken("the revocation stream consumer was cancelled or its channel closed")
@@ -238,7 +269,7 @@ class RevocationFeed:
         self._probe = (marker, self._clock())
         await publish_confirmed(
             publisher.default_exchange,
-            aio_pika.Message(b"", headers={names.HEADER_MARKER: marker}),
+            aio_pika.Message(b"", headers={names.HEADER_MARKER: marker}, user_id=self._user),
             names.REVOCATION_STREAM,
         )
 
@@ -281,6 +312,17 @@ class RevocationFeed:
         await message.ack()
 
     def _apply(self, message: AbstractIncomingMessage, offset: object, new: bool) -> None:
+        if message.user_id not in self._trusted:
+            # Anyone who may write to the stream could revoke any client, or fill every
+            # worker's memory: only a trusted user's event counts.
+            self.untrusted += 1
+            if message.user_id not in self._untrusted_publishers:
+                self._untrusted_publishers.add(message.user_id)
+                log.warning(
+                    "revocation event ignored: not written by a trusted user",
+                    extra={"publisher_user": message.user_id, "offset": offset},
+                )
+            return
         try:
             event = Revocation.from_json(message.body)
         except InvalidEvent as exc:
@@ -292,5 +334,21 @@ class RevocationFeed:
             return
         applied = self.revocations.add(event, self._wall())
         self._applied.set()
+        self._watch_size()
         if applied and new and self.caught_up.is_set():
             log.info("revocation received", extra={"subject": event.subject, "iss": event.issuer})
+
+    def _watch_size(self) -> None:
+        """Say once when the list nears ``WARDEN_REVOCATION_MAX_ENTRIES``."""
+        limit = self.revocations.max_entries
+        if limit is None:
+            return
+        held = len(self.revocations)
+        if not self._near_full and held >= 0.9 * limit:
+            self._near_full = True
+            log.warning(
+                "revocation list nearly full; at the limit, no job is decided",
+                extra={"entries": held, "max_entries": limit},
+            )
+        elif self._near_full and held < 0.8 * limit:
+            self._near_full = False

@@ -19,9 +19,15 @@ from worker.pipeline.delivery import Delivery
 log = logging.getLogger("warden.consumer")
 
 
-def _header_int(headers: Mapping[str, Any], name: str, default: int) -> int:
+MAX_COUNT = 1_000_000
+"""The largest count warden reads from one of its own headers; a larger one is not its own."""
+
+
+def warden_count(headers: Mapping[str, Any], name: str, default: int) -> int:
+    """A count warden wrote into a header (``x-warden-attempt``, ``x-warden-deferrals``), or
+    ``default`` where there is no sensible one."""
     value = headers.get(name)
-    return value if type(value) is int and value > 0 else default
+    return value if type(value) is int and 0 < value <= MAX_COUNT else default
 
 
 class Inbound:
@@ -172,16 +178,23 @@ def _deliverer(
     return deliver
 
 
-def to_delivery(message: Inbound, queue: str) -> Delivery:
-    """The transport-free view of an incoming message."""
+def to_delivery(message: Inbound, queue: str, trusted: frozenset[str]) -> Delivery:
+    """The transport-free view of an incoming message.
+
+    Its attempt and deferral counts are read from warden's headers only when a ``trusted`` user
+    wrote the message (RabbitMQ checks ``user_id`` against the publishing connection's user):
+    anyone else's copy counts as a first attempt.
+    """
     properties = message.properties
     headers = properties.headers or {}
+    own = properties.user_id in trusted
     return Delivery(
         body=message.body,
         headers=headers,
         message_id=properties.message_id,
         content_type=properties.content_type,
         queue=queue,
-        attempt=_header_int(headers, names.HEADER_ATTEMPT, 1),
+        attempt=warden_count(headers, names.HEADER_ATTEMPT, 1) if own else 1,
+        deferrals=warden_count(headers, names.HEADER_DEFERRALS, 0) if own else 0,
         redelivered=message.redelivered,
     )

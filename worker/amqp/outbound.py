@@ -240,13 +240,15 @@ def copy_properties(
     message: Inbound,
     headers: dict[str, Any],
     *,
+    user_id: str,
     expiration_ms: int | None = None,
     more_headers: bytes = b"",
 ) -> aiormq.spec.Basic.Properties:
     """The properties of a persistent copy of ``message``: the same, with the given headers
-    (and, for a message parked in a retry queue, its own expiration). ``more_headers`` are
-    encoded table entries that follow ``headers`` on the wire; they must not repeat a name in
-    ``headers``."""
+    (and, for a message parked in a retry queue, its own expiration), written by ``user_id``:
+    the user warden connects as, which the broker checks, and which tells warden's own letters
+    and copies from anyone else's. ``more_headers`` are encoded table entries that follow
+    ``headers`` on the wire; they must not repeat a name in ``headers``."""
     original = message.properties
     make = partial(_Properties, more=more_headers) if more_headers else aiormq.spec.Basic.Properties
     return make(
@@ -261,17 +263,22 @@ def copy_properties(
         message_id=original.message_id,
         timestamp=original.timestamp or datetime.now(UTC),
         message_type=original.message_type,
-        user_id=original.user_id,
+        user_id=user_id,
         app_id=original.app_id,
     )
 
 
 def copy_message(
-    message: AbstractIncomingMessage, headers: dict[str, Any], *, expiration_ms: int | None = None
+    message: AbstractIncomingMessage,
+    headers: dict[str, Any],
+    *,
+    user_id: str,
+    expiration_ms: int | None = None,
 ) -> aio_pika.Message:
     """A persistent copy of ``message``: same body, same properties, the given headers (and,
-    for a message parked in a retry queue, its own expiration)."""
+    for a message parked in a retry queue, its own expiration), written by ``user_id``."""
     properties = {name: getattr(message, name) for name in COPIED_PROPERTIES}
+    properties["user_id"] = user_id
     properties["expiration"] = None if expiration_ms is None else expiration_ms / 1000
     if properties["timestamp"] is None:
         properties["timestamp"] = datetime.now(UTC)

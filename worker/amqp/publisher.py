@@ -71,7 +71,8 @@ async def publish_jobs(
     proof_key: ProofKey | None = None,
     on_confirmed: Callable[[int], None] | None = None,
 ) -> list[str]:
-    """Publish ``count`` jobs to ``queue``; return their message ids once all are confirmed.
+    """Publish ``count`` jobs to ``queue`` through ``warden.jobs``; return their message ids once
+    all are confirmed (a queue no worker has declared yet is refused as unroutable).
 
     With ``proof_key`` each job carries its own proof of possession (``x-warden-proof``) of the
     key that ``token`` is bound to (``warden publish --proof-key``).
@@ -80,7 +81,8 @@ async def publish_jobs(
     connection = await aio_pika.connect(broker_url)
     async with connection:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        exchange = channel.default_exchange
+        # Jobs enter through warden.jobs, the one exchange a publisher may write to.
+        exchange = await channel.get_exchange(names.JOBS_EXCHANGE, ensure=False)
         for start in range(0, len(ids), WINDOW):
             await asyncio.gather(
                 *(

@@ -36,18 +36,22 @@ class Held:
     body: bytes
     headers: Mapping[str, Any]
     message_id: str | None
+    user_id: str | None
+    """Who wrote it, as the broker checked it."""
     message: AbstractIncomingMessage = field(repr=False)
 
 
 def _held(message: AbstractIncomingMessage) -> Held:
-    return Held(message.body, message.headers or {}, message.message_id, message)
+    return Held(message.body, message.headers or {}, message.message_id, message.user_id, message)
 
 
 class Queues:
-    """One connection of a tool, and what it does to queues."""
+    """One connection of a tool, and what it does to queues; what it publishes carries
+    ``user_id``, the user it connects as."""
 
-    def __init__(self, connection: AbstractConnection) -> None:
+    def __init__(self, connection: AbstractConnection, user: str) -> None:
         self._connection = connection
+        self.user = user
         self._known: set[str] = set()
 
     async def require(self, queue: str) -> None:
@@ -75,34 +79,38 @@ class Queues:
     @asynccontextmanager
     async def moving(self, queue: str) -> AsyncIterator[Moving]:
         """Every message of ``queue``, held, to move elsewhere one by one in a transaction.
-        Moves the broker returns as unroutable are put back into ``queue`` afterwards."""
+        A move the broker returns as unroutable is undone afterwards: the original is written
+        again where :meth:`Moving.move` was told it belongs."""
         await self.require(queue)
         channel = await self._connection.channel(publisher_confirms=False)
         returned: list[AbstractIncomingMessage] = []
         channel.return_callbacks.add(lambda _, message: returned.append(message))
         transaction = channel.transaction()
         await transaction.select()
-        moving = Moving(await _take_all(channel, queue), channel, transaction, self)
+        moving = Moving(await _take_all(channel, queue), channel, transaction, self.user)
         try:
             yield moving
         finally:
             await channel.close()
         if returned:
-            moving.returned = await self._put_back(queue, returned)
+            moving.returned = await self._put_back(moving, returned)
 
     async def _put_back(
-        self, queue: str, returned: list[AbstractIncomingMessage]
+        self, moving: Moving, returned: list[AbstractIncomingMessage]
     ) -> list[str | None]:
-        """A moved message came back unroutable (its target vanished meanwhile): keep it where it
-        was rather than lose it."""
+        """A moved message came back unroutable (its target vanished meanwhile): write the
+        original again rather than lose it (never the copy, which holds what the move added)."""
         channel = await self._connection.channel(publisher_confirms=True)
         for message in returned:
+            original, (exchange, routing_key) = moving.sent[message.message_id]
             log.error(
-                "moved message was unroutable; kept where it was",
-                extra={"message_id": message.message_id, "queue": queue},
+                "moved message was unroutable; its original is kept",
+                extra={"message_id": message.message_id, "exchange": exchange},
             )
-            await channel.default_exchange.publish(
-                copy_message(message, dict(message.headers or {})), queue
+            target = await channel.get_exchange(exchange, ensure=False)
+            await target.publish(
+                copy_message(original.message, dict(original.headers), user_id=self.user),
+                routing_key,
             )
         await channel.close()
         return [m.message_id for m in returned]
@@ -126,19 +134,30 @@ class Moving:
     held: list[Held]
     _channel: AbstractChannel
     _transaction: aio_pika.abc.AbstractTransaction
-    _queues: Queues
+    _user: str
+    sent: dict[str | None, tuple[Held, tuple[str, str]]] = field(default_factory=dict)
+    """Each moved message by id, with where its original belongs should the move come back."""
     returned: list[str | None] = field(default_factory=list)
-    """Message ids the broker could not route to their target; they were put back."""
+    """Message ids the broker could not route to their target; their originals were kept."""
 
-    async def move(self, message: Held, target: str, headers: dict[str, Any]) -> None:
-        """Publish ``message`` with ``headers`` to the queue ``target`` and remove the original,
-        both or neither."""
-        await self._queues.require(target)
-        await self._channel.default_exchange.publish(
-            copy_message(message.message, headers), target, mandatory=True
+    async def move(
+        self,
+        message: Held,
+        to: tuple[str, str],
+        headers: dict[str, Any],
+        *,
+        back: tuple[str, str],
+    ) -> None:
+        """Publish ``message`` with ``headers`` to ``to`` (exchange, routing key) and remove the
+        original, both or neither; ``back`` is where the original is written again if the
+        broker cannot route the move."""
+        exchange = await self._channel.get_exchange(to[0], ensure=False)
+        await exchange.publish(
+            copy_message(message.message, headers, user_id=self._user), to[1], mandatory=True
         )
         await message.message.ack()
         await self._transaction.commit()
+        self.sent[message.message_id] = (message, back)
 
 
 async def _take_all(channel: AbstractChannel, queue: str) -> list[Held]:
@@ -150,8 +169,8 @@ async def _take_all(channel: AbstractChannel, queue: str) -> list[Held]:
 
 
 @asynccontextmanager
-async def connected(url: str, name: str) -> AsyncIterator[Queues]:
-    """A tool's connection called ``name``, closed afterwards."""
+async def connected(url: str, name: str, user: str) -> AsyncIterator[Queues]:
+    """A tool's connection called ``name`` as ``user``, closed afterwards."""
     connection = await aio_pika.connect(url, client_properties={"connection_name": name})
     async with connection:
-        yield Queues(connection)
+        yield Queues(connection, user)

@@ -1,8 +1,19 @@
-"""What warden declares on the broker: the dead-letter exchange, each work queue with its
-dead-letter and retry queues, and the revocation stream."""
+"""What warden declares on the broker (``docs/threat-model.md`` says who may write where):
+
+- ``warden.jobs`` (direct): jobs enter here; each work queue is bound with its own name;
+- each work queue, quorum, whose messages the broker dead-letters (the delivery limit) to
+  ``warden.quarantine`` (direct) and so to ``<queue>.quarantine``, which only warden reads;
+- ``warden.dlx`` (topic): warden's dead letters, routing key ``<reason>.<queue>``, bound to
+  ``<queue>.dlq`` with ``*.<queue>``;
+- ``<queue>.retry.<ms>ms``: copies waiting, handed back to the work queue when they expire;
+- ``warden.revoke`` (fanout): revocation events enter here, bound to the stream
+  ``warden.revocations`` only.
+"""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Any
 
 import aiormq
@@ -18,13 +29,11 @@ _AT_LEAST_ONCE = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reje
 
 
 def work_queue_arguments(queue: str, delivery_limit: int) -> dict[str, Any]:
-    """A quorum work queue whose crashes-too-often messages go to its dead-letter queue."""
+    """A quorum work queue whose crashes-too-often messages go to its quarantine queue."""
     return {
         "x-queue-type": "quorum",
-        "x-dead-letter-exchange": names.DEAD_LETTER_EXCHANGE,
-        "x-dead-letter-routing-key": names.dead_letter_routing_key(
-            names.DELIVERY_LIMIT_REASON, queue
-        ),
+        "x-dead-letter-exchange": names.QUARANTINE_EXCHANGE,
+        "x-dead-letter-routing-key": queue,
         "x-delivery-limit": delivery_limit,
         **_AT_LEAST_ONCE,
     }
@@ -49,7 +58,8 @@ def retry_tier(tiers: tuple[int, ...], delay_ms: int) -> int:
     return tiers[-1]
 
 
-DEAD_LETTER_QUEUE_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum"}
+QUORUM: dict[str, Any] = {"x-queue-type": "quorum"}
+"""A plain quorum queue: the dead-letter and quarantine queues."""
 
 
 async def declare_topology(
@@ -58,10 +68,14 @@ async def declare_topology(
     delivery_limit: int,
     retry_tiers: tuple[int, ...],
 ) -> dict[str, AbstractQueue]:
-    """Declare ``warden.dlx``, each work queue, its ``<queue>.dlq`` and its retry queues;
-    return the work queues."""
+    """Declare the exchanges, each work queue and its dead-letter, quarantine and retry queues,
+    and their bindings; return the work queues."""
     dlx = await channel.declare_exchange(
         names.DEAD_LETTER_EXCHANGE, ExchangeType.TOPIC, durable=True
+    )
+    jobs = await channel.declare_exchange(names.JOBS_EXCHANGE, ExchangeType.DIRECT, durable=True)
+    quarantine = await channel.declare_exchange(
+        names.QUARANTINE_EXCHANGE, ExchangeType.DIRECT, durable=True
     )
     declared: dict[str, AbstractQueue] = {}
     for queue in queues:
@@ -70,7 +84,10 @@ async def declare_topology(
                 queue, durable=True, arguments=work_queue_arguments(queue, delivery_limit)
             )
             dlq = await channel.declare_queue(
-                names.dead_letter_queue(queue), durable=True, arguments=DEAD_LETTER_QUEUE_ARGUMENTS
+                names.dead_letter_queue(queue), durable=True, arguments=QUORUM
+            )
+            held = await channel.declare_queue(
+                names.quarantine_queue(queue), durable=True, arguments=QUORUM
             )
             for ttl in retry_tiers:
                 await channel.declare_queue(
@@ -80,11 +97,13 @@ async def declare_topology(
                 )
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
             raise ConfigurationError(
-                f"queue {queue!r} (or its dead-letter or retry queues) exists with other arguments "
-                "than "
-                f"warden declares ({exc.args[0] if exc.args else exc}); delete it or move it aside"
+                f"queue {queue!r} (or its dead-letter, quarantine or retry queues) exists with "
+                f"other arguments than warden declares ({describe(exc)}); delete it or move it "
+                "aside"
             ) from None
+        await work.bind(jobs, queue)
         await dlq.bind(dlx, names.dead_letter_binding(queue))
+        await held.bind(quarantine, queue)
         declared[queue] = work
     return declared
 
@@ -95,9 +114,10 @@ def stream_arguments(retention: str) -> dict[str, Any]:
 
 
 async def declare_stream(channel: AbstractChannel, retention: str) -> None:
-    """Declare the revocation stream, or fail naming the argument that differs."""
+    """Declare the revocation stream and ``warden.revoke`` bound to it, or fail naming the
+    argument that differs."""
     try:
-        await channel.declare_queue(
+        stream = await channel.declare_queue(
             names.REVOCATION_STREAM, durable=True, arguments=stream_arguments(retention)
         )
     except aiormq.exceptions.ChannelPreconditionFailed as exc:
@@ -105,3 +125,54 @@ async def declare_stream(channel: AbstractChannel, retention: str) -> None:
             f"stream {names.REVOCATION_STREAM!r} exists with other arguments "
             f"({describe(exc)}); WARDEN_REVOCATION_RETENTION must match it"
         ) from None
+    revoke = await channel.declare_exchange(
+        names.REVOKE_EXCHANGE, ExchangeType.FANOUT, durable=True
+    )
+    await stream.bind(revoke)
+
+
+@dataclass(frozen=True)
+class Role:
+    """One kind of broker user and what RabbitMQ should let it do (configure, write and read
+    patterns of ``rabbitmqctl set_permissions``)."""
+
+    name: str
+    what: str
+    configure: str
+    write: str
+    read: str
+
+
+def roles(queues: tuple[str, ...]) -> tuple[Role, ...]:
+    """The least each kind of user needs on a virtual host where warden serves ``queues``.
+
+    A job publisher may only write to ``warden.jobs``, a revoker only to ``warden.revoke``: in
+    particular neither may write through the default exchange (``amq.default``), which reaches
+    every queue by name, nor declare anything.
+    """
+    work = "(" + "|".join(re.escape(q) for q in queues) + ")"
+    retry = r"\.retry\.[0-9]+ms"
+    return (
+        Role(
+            "worker",
+            "consumes the work queues, writes dead letters and retry copies, follows revocations",
+            configure=rf"^(warden\.(dlx|jobs|quarantine|revoke|revocations)|{work}(\.dlq|\.quarantine|{retry})?)$",
+            write=rf"^(amq\.default|warden\.(dlx|quarantine|revocations)|{work}(\.dlq|\.quarantine)?)$",
+            read=rf"^(warden\.(dlx|jobs|quarantine|revoke|revocations)|{work}(\.quarantine|{retry})?)$",
+        ),
+        Role("publisher", "publishes jobs through warden.jobs", "^$", r"^warden\.jobs$", "^$"),
+        Role(
+            "revoker",
+            "publishes revocations through warden.revoke",
+            "^$",
+            r"^warden\.revoke$",
+            "^$",
+        ),
+        Role(
+            "operator",
+            "reads, replays and purges dead letters (warden dlq)",
+            "^$",
+            r"^warden\.(jobs|dlx)$",
+            rf"^{work}\.dlq$",
+        ),
+    )

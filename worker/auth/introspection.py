@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -44,6 +45,7 @@ class Introspector:
         *,
         ceiling: float,
         leeway: int,
+        max_lifetime: float = math.inf,
         max_entries: int = 10_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -53,6 +55,7 @@ class Introspector:
         self._policies = policies
         self._ceiling = ceiling
         self._leeway = leeway
+        self._max_lifetime = max_lifetime
         self._clock = clock
         self._cache: BoundedCache[tuple[str, str], dict[str, Any]] = BoundedCache(max_entries)
 
@@ -90,7 +93,7 @@ class Introspector:
         if claims["iss"] != issuer:
             raise errors.IssuerUntrusted(f"{issuer} answered for another issuer")
         policy = self._policies[issuer]
-        check_claims(claims, policy, self._clock(), self._leeway)
+        check_claims(claims, policy, self._clock(), self._leeway, self._max_lifetime)
         return Verified(policy, claims)
 
     async def introspect(self, token: str, issuer: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from worker import errors
-from worker.errors import InvalidEvent, NotStrictJSON
+from worker.errors import InvalidEvent, NotStrictJSON, RevocationListFull
 from worker.support import strictjson
 from worker.support.clock import rfc3339
 
@@ -107,7 +107,10 @@ _Key = tuple[Subject, str | None, str]
 class RevocationList:
     """Every entry that can still matter, keyed for O(1) lookups."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_entries: int | None = None) -> None:
+        self.max_entries = max_entries
+        """At most this many entries; an event that would add one more raises
+        :class:`~worker.errors.RevocationListFull` (the feed then stops decisions)."""
         # (subject, issuer or None, value) -> (issued_before or None for a jti, expires_at)
         self._entries: dict[_Key, tuple[float | None, float]] = {}
         # (expires_at, sequence, key): the sequence number breaks ties between equal expiries,
@@ -124,6 +127,11 @@ class RevocationList:
             return False
         key: _Key = (event.subject, event.issuer, event.value)
         old = self._entries.get(key)
+        if old is None and self.max_entries is not None and len(self._entries) >= self.max_entries:
+            raise RevocationListFull(
+                f"{len(self._entries)} revocation entries held, "
+                "the most WARDEN_REVOCATION_MAX_ENTRIES allows"
+            )
         before, expires = event.issued_before, event.expires_at
         if old is not None:
             # Entries only ever widen: the later cut-off and the later expiry win.

@@ -32,6 +32,7 @@ def build_trust(settings: Settings) -> Trust:
         (issuer_policy(entry) for entry in settings.trusted_issuers()),
         leeway=settings.leeway_seconds,
         max_token_bytes=settings.max_token_bytes,
+        max_lifetime=settings.max_token_lifetime_seconds,
     )
 
 
@@ -62,4 +63,5 @@ def build_introspector(
         trust.policies,
         ceiling=settings.introspection_cache_seconds,
         leeway=settings.leeway_seconds,
+        max_lifetime=settings.max_token_lifetime_seconds,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import binascii
 import hashlib
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -97,9 +98,18 @@ class IssuerPolicy:
 class Trust:
     """The trusted issuers, by exact ``iss`` value."""
 
-    def __init__(self, policies: Iterable[IssuerPolicy], *, leeway: int, max_token_bytes: int):
+    def __init__(
+        self,
+        policies: Iterable[IssuerPolicy],
+        *,
+        leeway: int,
+        max_token_bytes: int,
+        max_lifetime: float = math.inf,
+    ):
         self.policies: dict[str, IssuerPolicy] = {p.issuer: p for p in policies}
         self.leeway = leeway
+        self.max_lifetime = max_lifetime
+        """The longest a token may live (``exp`` after ``iat``): what a revocation outlasts."""
         self.max_token_bytes = max_token_bytes
         self.any_algorithm = frozenset().union(*(p.algorithms for p in self.policies.values()))
         self.default_types = frozenset(ACCESS_TOKEN_TYPES)
@@ -345,15 +355,31 @@ def verify(check: TokenCheck, trust: Trust, keys: KeyLookup, now: float) -> Veri
         raise errors.SignatureInvalid("the signature does not verify")
     check.verified = True
 
-    check_claims(claims, policy, now, trust.leeway)
+    check_claims(claims, policy, now, trust.leeway, trust.max_lifetime)
     return Verified(policy, claims)
 
 
-def check_claims(claims: Mapping[str, Any], policy: IssuerPolicy, now: float, leeway: int) -> None:
+def check_claims(
+    claims: Mapping[str, Any],
+    policy: IssuerPolicy,
+    now: float,
+    leeway: int,
+    max_lifetime: float = math.inf,
+) -> None:
     """Checks 9 to 12 on verified claims."""
     exp = claims.get("exp")
-    if exp is not None and exp + leeway <= now:
-        raise errors.TokenExpired(f"the token expired at {exp}")
+    if exp is not None:
+        if exp + leeway <= now:
+            raise errors.TokenExpired(f"the token expired at {exp}")
+        # A token that lives longer than a revocation lasts could outlive its revocation. It
+        # is measured from iat, or from now where the token has none: what is left of its life.
+        iat = claims.get("iat")
+        lifetime = exp - (iat if isinstance(iat, int | float) else now)
+        if lifetime > max_lifetime:
+            raise errors.TokenExpired(
+                f"the token lives {lifetime:g}s, longer than WARDEN_MAX_TOKEN_LIFETIME_SECONDS "
+                f"({max_lifetime:g}s), so a revocation could not outlast it"
+            )
     for name in ("nbf", "iat"):
         value = claims.get(name)
         if value is not None and value - leeway > now:

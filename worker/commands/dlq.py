@@ -14,7 +14,7 @@ from rich.table import Table
 from worker import names
 from worker.commands.common import fail, run_or_exit, settings_or_exit, token_options, with_token
 from worker.deadletters import admin
-from worker.deadletters.read import Letter
+from worker.deadletters.read import UNTRUSTED, Letter
 from worker.settings import BrokerSettings
 
 # Piped into a file or a pager, a table is not squeezed to 80 columns.
@@ -25,11 +25,19 @@ def _json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
 
 
+def _reader(settings: BrokerSettings) -> admin.Reader:
+    return admin.Reader(
+        settings.broker_url.get_secret_value(), settings.broker_user(), settings.trusted()
+    )
+
+
 def _by(reason: str | None, message_id: str | None = None) -> admin.Select:
+    """Letters of ``reason`` (``untrusted``: those no trusted user wrote), or with that id."""
+
     def select(letter: Letter) -> bool:
         if message_id is not None and letter.message_id != message_id:
             return False
-        return reason is None or letter.reason == reason
+        return reason is None or letter.counted_as == reason
 
     return select
 
@@ -46,7 +54,7 @@ def stats(queues: tuple[str, ...], as_json: bool) -> None:
     """Dead letters by reason, per QUEUE (default: WARDEN_QUEUES)."""
     settings = settings_or_exit(BrokerSettings)
     counts = run_or_exit(
-        admin.stats(settings.broker_url.get_secret_value(), list(queues or settings.queues)),
+        admin.stats(_reader(settings), list(queues or settings.queues)),
         "dlq stats",
     )
     if as_json:
@@ -69,7 +77,7 @@ def list_(queue: str, reason: str | None, limit: int | None, as_json: bool) -> N
     """QUEUE's dead letters, oldest first."""
     settings = settings_or_exit(BrokerSettings)
     found = run_or_exit(
-        admin.letters(settings.broker_url.get_secret_value(), queue, _by(reason), limit),
+        admin.letters(_reader(settings), queue, _by(reason), limit),
         "dlq list",
     )
     if as_json:
@@ -79,7 +87,7 @@ def list_(queue: str, reason: str | None, limit: int | None, as_json: bool) -> N
     for letter in found:
         table.add_row(
             letter.message_id or "-",
-            letter.reason or "-",
+            (letter.reason or "-") if letter.trusted else f"[red]{UNTRUSTED}[/red]",
             letter.action or "-",
             letter.client_id or letter.sub or "-",
             letter.denied_at or "-",
@@ -95,7 +103,7 @@ def show(queue: str, message_id: str) -> None:
     """One dead letter: its whole denial record and the original body."""
     settings = settings_or_exit(BrokerSettings)
     found = run_or_exit(
-        admin.letters(settings.broker_url.get_secret_value(), queue, _by(None, message_id)),
+        admin.letters(_reader(settings), queue, _by(None, message_id)),
         "dlq show",
     )
     if not found:
@@ -126,10 +134,11 @@ def show(queue: str, message_id: str) -> None:
 def replay(
     queue: str, message_id: str | None, reason: str | None, everything: bool, token: str
 ) -> None:
-    """Send dead letters back to the queue they came from, with a fresh token.
+    """Send dead letters back to QUEUE, with a fresh token.
 
-    Each one moves in a transaction (republished and removed together), so a replay that is
-    stopped loses nothing and moves nothing twice when it is run again.
+    Only letters warden wrote move (untrusted ones, see ``dlq list``, never do). Each one moves
+    in a transaction (republished and removed together), so a replay that is stopped loses
+    nothing and moves nothing twice when it is run again.
     """
     if not (message_id or reason or everything):
         raise click.UsageError("say what to replay: --message-id, --reason or --all")
@@ -143,7 +152,7 @@ def replay(
 
         report = run_or_exit(
             admin.replay(
-                settings.broker_url.get_secret_value(),
+                _reader(settings),
                 queue,
                 _by(reason, message_id),
                 token,
@@ -168,7 +177,5 @@ def purge(queue: str, reason: str | None, everything: bool, yes: bool) -> None:
     if not yes:
         raise click.UsageError("purging cannot be undone: add --yes")
     settings = settings_or_exit(BrokerSettings)
-    report = run_or_exit(
-        admin.purge(settings.broker_url.get_secret_value(), queue, _by(reason)), "purge"
-    )
+    report = run_or_exit(admin.purge(_reader(settings), queue, _by(reason)), "purge")
     click.echo(f"purged {len(report.moved)}, kept {report.skipped} in {queue}.dlq")

@@ -33,7 +33,9 @@ def _when(value: str | None, name: str, default: datetime) -> float:
 @click.option("--issuer", help="Only tokens of this issuer (iss).")
 @click.option("--before", help="Cut-off for --sub/--client-id (RFC 3339; default: now).")
 @click.option(
-    "--expires-at", help="When the entry may be forgotten (RFC 3339; default: now + 24 h)."
+    "--expires-at",
+    help="When the entry may be forgotten (RFC 3339; default: once every token it can name has "
+    "expired, WARDEN_MAX_TOKEN_LIFETIME_SECONDS plus WARDEN_LEEWAY_SECONDS from now).",
 )
 def revoke(
     jti: str | None,
@@ -56,7 +58,9 @@ def revoke(
     subject, value = chosen[0]
     if subject == "jti" and before is not None:
         raise click.UsageError("--before goes with --sub or --client-id")
+    settings = settings_or_exit(BrokerSettings)
     now = datetime.now(UTC)
+    holds = now + timedelta(seconds=settings.revocation_lifetime())
     event = Revocation.from_mapping(
         {
             subject: value,
@@ -66,14 +70,16 @@ def revoke(
                 if subject == "jti"
                 else {"issued_before": rfc3339(_when(before, "--before", now), "auto")}
             ),
-            "expires_at": rfc3339(
-                _when(expires_at, "--expires-at", now + timedelta(hours=24)), "auto"
-            ),
+            "expires_at": rfc3339(_when(expires_at, "--expires-at", holds), "auto"),
         }
     )
-    settings = settings_or_exit(BrokerSettings)
     run_or_exit(
-        publish(settings.broker_url.get_secret_value(), event, settings.revocation_retention),
+        publish(
+            settings.broker_url.get_secret_value(),
+            event,
+            settings.revocation_retention,
+            settings.broker_user(),
+        ),
         "revocation",
     )
     click.echo(f"revoked {subject} {value}")

@@ -21,29 +21,47 @@ from worker.deadletters.read import Letter, replay_headers
 Select = Callable[[Letter], bool]
 
 
-def _letter(message: Held) -> Letter:
-    return Letter.read(message.body, message.headers, message.message_id)
+@dataclass(frozen=True)
+class Reader:
+    """Who a tool is and whom it believes: its broker URL, the user it connects as (written on
+    what it publishes), and the users whose letters are warden's (``WARDEN_TRUSTED_USERS``)."""
+
+    url: str
+    user: str
+    trusted: frozenset[str]
+
+
+def _letter(message: Held, queue: str, reader: Reader) -> Letter:
+    return Letter.read(
+        message.body,
+        message.headers,
+        message.message_id,
+        queue=queue,
+        user_id=message.user_id,
+        trusted=reader.trusted,
+    )
 
 
 async def letters(
-    url: str, queue: str, select: Select | None = None, limit: int | None = None
+    reader: Reader, queue: str, select: Select | None = None, limit: int | None = None
 ) -> list[Letter]:
     """The dead letters of ``queue``'s dead-letter queue that ``select`` keeps, oldest first;
     the queue is left as it was."""
     async with (
-        connected(url, "warden dlq") as queues,
+        connected(reader.url, "warden dlq", reader.user) as queues,
         queues.look(names.dead_letter_queue(queue)) as looking,
     ):
-        found = [_letter(m) for m in looking.held]
+        found = [_letter(m, queue, reader) for m in looking.held]
     chosen = [letter for letter in found if select is None or select(letter)]
     return chosen if limit is None else chosen[:limit]
 
 
-async def stats(url: str, queues: list[str]) -> dict[str, Counter[str]]:
-    """Dead letters by reason, per work queue."""
+async def stats(reader: Reader, queues: list[str]) -> dict[str, Counter[str]]:
+    """Dead letters by reason, per work queue; letters no trusted user wrote are counted as
+    ``untrusted``, never under a reason."""
     out: dict[str, Counter[str]] = {}
     for queue in queues:
-        out[queue] = Counter(letter.reason or "unknown" for letter in await letters(url, queue))
+        out[queue] = Counter(letter.counted_as for letter in await letters(reader, queue))
     return out
 
 
@@ -58,24 +76,32 @@ class Moved:
 
 
 async def replay(
-    url: str,
+    reader: Reader,
     queue: str,
     select: Select,
     token: str,
     *,
     on_moved: Callable[[Letter], None] | None = None,
 ) -> Moved:
-    """Send the selected dead letters back to the queue they came from with ``token``."""
+    """Send the selected dead letters back to ``queue`` through ``warden.jobs``, with
+    ``token``. Only warden's own letters move, and only to the work queue whose dead-letter
+    queue holds them, whatever a letter says of itself."""
     report = Moved()
-    async with connected(url, "warden dlq") as queues:
+    async with connected(reader.url, "warden dlq", reader.user) as queues:
+        await queues.require(queue)
         async with queues.moving(names.dead_letter_queue(queue)) as moving:
             for message in moving.held:
-                letter = _letter(message)
-                target = letter.origin
-                if not select(letter) or target is None:
+                letter = _letter(message, queue, reader)
+                if not letter.trusted or not select(letter):
                     report.skipped += 1
                     continue
-                await moving.move(message, target, replay_headers(message.headers, token))
+                back = names.dead_letter_routing_key(letter.reason or "unknown", queue)
+                await moving.move(
+                    message,
+                    (names.JOBS_EXCHANGE, queue),
+                    replay_headers(message.headers, token),
+                    back=(names.DEAD_LETTER_EXCHANGE, back),
+                )
                 report.moved.append(letter.message_id)
                 if on_moved is not None:
                     on_moved(letter)
@@ -83,15 +109,15 @@ async def replay(
     return report
 
 
-async def purge(url: str, queue: str, select: Select) -> Moved:
+async def purge(reader: Reader, queue: str, select: Select) -> Moved:
     """Remove the selected dead letters; leave the others where they were."""
     report = Moved()
     async with (
-        connected(url, "warden dlq") as queues,
+        connected(reader.url, "warden dlq", reader.user) as queues,
         queues.look(names.dead_letter_queue(queue)) as looking,
     ):
         for message in looking.held:
-            letter = _letter(message)
+            letter = _letter(message, queue, reader)
             if select(letter):
                 await looking.drop(message)
                 report.moved.append(letter.message_id)

@@ -48,14 +48,23 @@ def dead_letter_reason(headers: Mapping[str, Any]) -> str | None:
     return names.DELIVERY_LIMIT_REASON if _broker_death(headers) is not None else None
 
 
+UNTRUSTED = "untrusted"
+"""What ``warden dlq`` counts a letter as that no trusted user wrote: never a reason."""
+
+
 @dataclass(frozen=True, slots=True)
 class Letter:
     """One dead letter as an operator reads it."""
 
     message_id: str | None
+    trusted: bool
+    """Written by a trusted broker user (``WARDEN_TRUSTED_USERS``): only then is it warden's
+    verdict. Anyone who may publish into the queue could have written an untrusted one."""
+    written_by: str | None
+    """The ``user_id`` it carries, which the broker checked against its publisher's user."""
     reason: str | None
-    origin: str | None
-    """The work queue it came from, where a replay sends it."""
+    origin: str
+    """The work queue whose dead-letter queue holds it: where a replay sends it."""
     action: str | None
     client_id: str | None
     sub: str | None
@@ -66,24 +75,51 @@ class Letter:
     headers: Mapping[str, Any]
 
     @classmethod
-    def read(cls, body: bytes, headers: Mapping[str, Any] | None, message_id: str | None) -> Letter:
-        """Make sense of a dead letter's body and headers."""
+    def read(
+        cls,
+        body: bytes,
+        headers: Mapping[str, Any] | None,
+        message_id: str | None,
+        *,
+        queue: str,
+        user_id: str | None,
+        trusted: frozenset[str],
+    ) -> Letter:
+        """Make sense of a dead letter of ``queue``'s dead-letter queue: its headers are
+        believed only when a trusted user wrote it."""
         headers = headers or {}
+        if user_id not in trusted:
+            return cls(
+                message_id=message_id,
+                trusted=False,
+                written_by=user_id,
+                reason=None,
+                origin=queue,
+                action=body_action(body),
+                client_id=None,
+                sub=None,
+                denied_at=None,
+                detail=f"not written by a trusted user (user_id {user_id!r}): not warden's verdict",
+                denial=None,
+                body=body,
+                headers=headers,
+            )
         denial = headers.get(names.HEADER_DENIAL)
         denial = denial if isinstance(denial, Mapping) else None
         token = (denial or {}).get("token")
         token = token if isinstance(token, Mapping) else {}
         death = _broker_death(headers)
-        origin = (denial or {}).get("queue") or (death or {}).get("queue")
-        action = (denial or {}).get("action") or _body_action(body)
+        action = (denial or {}).get("action") or body_action(body)
         when = (denial or {}).get("denied_at") or (death or {}).get("time")
         detail = (denial or {}).get("detail")
         if detail is None and death is not None:
             detail = f"the broker dead-lettered it after {death.get('count', '?')} deliveries"
         return cls(
             message_id=message_id,
+            trusted=True,
+            written_by=user_id,
             reason=dead_letter_reason(headers),
-            origin=origin if isinstance(origin, str) else None,
+            origin=queue,
             action=action if isinstance(action, str) else None,
             client_id=_text(token.get("client_id")),
             sub=_text(token.get("sub")),
@@ -94,17 +130,28 @@ class Letter:
             headers=headers,
         )
 
+    @property
+    def counted_as(self) -> str:
+        """What ``warden dlq stats`` counts it under: its reason, or ``untrusted``."""
+        if not self.trusted:
+            return UNTRUSTED
+        return self.reason or "unknown"
+
     def summary(self) -> dict[str, Any]:
-        """What ``warden dlq list`` shows of it."""
-        return {
-            "message_id": self.message_id,
-            "reason": self.reason,
-            "action": self.action,
-            "client_id": self.client_id,
-            "sub": self.sub,
-            "denied_at": self.denied_at,
-            "detail": self.detail,
-        }
+        """What ``warden dlq list`` shows of it (an untrusted letter has no reason)."""
+        out: dict[str, Any] = {"message_id": self.message_id, "trusted": self.trusted}
+        if self.trusted:
+            out["reason"] = self.reason
+        else:
+            out["written_by"] = self.written_by
+        out.update(
+            action=self.action,
+            client_id=self.client_id,
+            sub=self.sub,
+            denied_at=self.denied_at,
+            detail=self.detail,
+        )
+        return out
 
 
 def replay_headers(headers: Mapping[str, Any], token: str) -> dict[str, Any]:
@@ -118,7 +165,8 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _body_action(body: bytes) -> str | None:
+def body_action(body: bytes) -> str | None:
+    """The ``action`` a job's body names, if it can be read at all."""
     try:
         job = strictjson.loads(body)
     except NotStrictJSON:

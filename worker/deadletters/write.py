@@ -24,8 +24,10 @@ from worker.amqp.outbound import (
     table_key,
     table_value,
 )
-from worker.errors import TableNotEncodable
-from worker.pipeline.decision import Denied
+from worker.auth.tokens import TokenCheck
+from worker.deadletters.read import body_action
+from worker.errors import DeliveryLimit, Denial, TableNotEncodable
+from worker.pipeline.decision import Denied, bearer_token
 from worker.pipeline.delivery import Delivery
 from worker.support.cache import BoundedCache
 from worker.support.clock import rfc3339
@@ -81,6 +83,30 @@ def _contains(value: str | bytes, token: str) -> bool:
     if isinstance(value, bytes):
         return token.encode("ascii", "replace") in value
     return token in value
+
+
+def delivery_limit_denial(delivery: Delivery) -> Denied:
+    """The refusal warden records for a message the broker dead-lettered from its work queue
+    after ``WARDEN_DELIVERY_LIMIT`` deliveries (a job that kept killing its worker): the
+    broker's count from ``x-death``, the action the body names, the token by fingerprint only."""
+    count = None
+    deaths = delivery.headers.get(names.HEADER_X_DEATH)
+    if isinstance(deaths, list):
+        for death in deaths:
+            if isinstance(death, Mapping) and death.get("queue") == delivery.queue:
+                found = death.get("count")
+                count = found if type(found) is int else None
+                break
+    told = f"after {count} deliveries" if count is not None else "at its delivery limit"
+    try:
+        token = TokenCheck(bearer_token(delivery.headers))
+    except Denial:
+        token = None
+    return Denied(
+        DeliveryLimit(f"the broker dead-lettered it {told}: the job kept ending its worker"),
+        body_action(delivery.body),
+        token,
+    )
 
 
 class DenialHeaders:

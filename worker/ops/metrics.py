@@ -78,11 +78,13 @@ class StateCollector(Collector):
         in_flight: Callable[[], int],
         revocation_entries: Callable[[], int],
         revocation_faults: Callable[[], int],
+        revocations_untrusted: Callable[[], int],
         jwks: Callable[[], Iterator[tuple[str, int, int]]],
     ) -> None:
         self._in_flight = in_flight
         self._revocations = revocation_entries
         self._faults = revocation_faults
+        self._untrusted = revocations_untrusted
         self._jwks = jwks
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
@@ -99,6 +101,11 @@ class StateCollector(Collector):
             "warden_revocation_faults",
             "Revocation events warden failed to apply (each stops decisions until re-applied).",
             value=self._faults(),
+        )
+        yield CounterMetricFamily(
+            "warden_revocations_untrusted",
+            "Revocation events ignored because no trusted broker user wrote them.",
+            value=self._untrusted(),
         )
         fetches = CounterMetricFamily(
             "warden_jwks_fetches",

@@ -17,4 +17,7 @@ class Delivery:
     content_type: str | None
     queue: str
     attempt: int = 1
+    """Which attempt this is (``x-warden-attempt`` on warden's own retry copies)."""
+    deferrals: int = 0
+    """How often the message already waited for a verdict (``x-warden-deferrals``)."""
     redelivered: bool = False

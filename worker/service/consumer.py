@@ -14,7 +14,7 @@ from worker.amqp.connection import Channel
 from worker.amqp.inbound import Inbound, to_delivery
 from worker.amqp.outbound import Acker, copy_properties, requeue, send_copy
 from worker.amqp.topology import retry_tier
-from worker.deadletters.write import DenialHeaders, kept_headers
+from worker.deadletters.write import DenialHeaders, delivery_limit_denial, kept_headers
 from worker.errors import PublishFailed, Unavailable
 from worker.ops.metrics import UNREGISTERED, Metrics
 from worker.pipeline.decision import Denied, Gate
@@ -33,6 +33,10 @@ def _action_outcome(outcome: Outcome) -> str:
     if isinstance(outcome, DeadLetter):
         return "rejected" if outcome.denied.denial.reason == "action_rejected" else "failed"
     return "retry"
+
+
+_COUNTS = frozenset({names.HEADER_ATTEMPT, names.HEADER_DEFERRALS})
+"""warden's own counts on its copies: written afresh on every copy, never carried over."""
 
 
 class Consumer:
@@ -54,6 +58,8 @@ class Consumer:
         self._publisher = publisher
         self._now = now
         self._denials = DenialHeaders(settings.worker_id)
+        self._user = settings.broker_user()
+        self._trusted = settings.trusted()
         self._tiers = settings.retry_tiers()
         self.in_flight: set[asyncio.Task[Any]] = set()
         self._acks = Acker(
@@ -64,16 +70,24 @@ class Consumer:
         """Wait until the acks of every settled message have been written."""
         await self._acks.flushed()
 
-    async def on_message(self, queue: str, message: Inbound) -> None:
-        """Decide, run and settle one delivery."""
+    async def on_message(self, queue: str, message: Inbound, *, quarantined: bool = False) -> None:
+        """Decide, run and settle one delivery.
+
+        A ``quarantined`` message is one the broker dead-lettered from ``queue`` (it reached the
+        delivery limit, token and all): its outcome is a dead letter as warden writes every dead
+        letter, without the token, and until that is confirmed it stays in quarantine.
+        """
         task = asyncio.current_task()
         if task is not None:
             self.in_flight.add(task)
         self._acks.delivered(message)
         try:
-            delivery = to_delivery(message, queue)
-            outcome = await self.outcome(delivery)
-            await self.settle(message, delivery, outcome)
+            delivery = to_delivery(message, queue, self._trusted)
+            if quarantined:
+                outcome: Outcome = DeadLetter(delivery_limit_denial(delivery))
+            else:
+                outcome = await self.outcome(delivery)
+            await self.settle(message, delivery, outcome, quarantined=quarantined)
         except Exception:
             # A fault of warden's own, not a verdict: back to the queue, where the delivery
             # limit ends a message that keeps causing it (dead-lettered as delivery_limit).
@@ -125,7 +139,9 @@ class Consumer:
         )
         return outcome
 
-    async def settle(self, message: Inbound, delivery: Delivery, outcome: Outcome) -> None:
+    async def settle(
+        self, message: Inbound, delivery: Delivery, outcome: Outcome, *, quarantined: bool = False
+    ) -> None:
         """The one place that acks, dead-letters or returns a message to its queue."""
         match outcome:
             case Done():
@@ -145,7 +161,11 @@ class Consumer:
                             "error": str(exc),
                         },
                     )
-                    await self._defer(message, delivery, f"dead letter failed: {exc}")
+                    if quarantined:
+                        self._acks.settled_otherwise(message)
+                        await requeue(message)
+                    else:
+                        await self._defer(message, delivery, f"dead letter failed: {exc}")
                 else:
                     self._acks.ack(message)
             case Defer(why):
@@ -171,14 +191,10 @@ class Consumer:
                         "error": why,
                     },
                 )
-                await self._put_back(
-                    message, delivery, {names.HEADER_ATTEMPT: delivery.attempt + 1}, wait
-                )
+                await self._put_back(message, delivery, wait, attempt=delivery.attempt + 1)
 
     async def _defer(self, message: Inbound, delivery: Delivery, why: str) -> None:
-        headers = delivery.headers
-        deferrals = headers.get(names.HEADER_DEFERRALS)
-        count = deferrals if type(deferrals) is int and deferrals >= 0 else 0
+        count = delivery.deferrals
         wait = backoff(self.settings.retry_base_seconds, self.settings.defer_max_seconds, count)
         log.warning(
             "no verdict yet; the message waits",
@@ -189,24 +205,37 @@ class Consumer:
                 "delay": round(wait, 3),
             },
         )
-        await self._put_back(message, delivery, {names.HEADER_DEFERRALS: count + 1}, wait)
+        await self._put_back(message, delivery, wait, deferrals=count + 1)
 
     async def _put_back(
         self,
         message: Inbound,
         delivery: Delivery,
-        update: dict[str, Any],
         delay: float,
+        *,
+        attempt: int | None = None,
+        deferrals: int | None = None,
     ) -> None:
-        """Park a copy with ``update`` in its headers in a retry queue for ``delay``, then ack.
+        """Park a copy in a retry queue for ``delay``, then ack.
 
         The broker holds the wait, so it survives this worker stopping, and hands the copy back
         to the work queue when it expires. A copy, because returning the original with a nack
-        would count against the delivery limit, which is for consumers that crash.
+        would count against the delivery limit, which is for consumers that crash. The copy's
+        counts are the ones warden believed (a publisher's own ``x-warden-*`` never carries over
+        under warden's name), with ``attempt`` or ``deferrals`` moved on.
         """
         delay_ms = max(round(delay * 1000), 1)
         retry_queue = names.retry_queue(delivery.queue, retry_tier(self._tiers, delay_ms))
-        copy = copy_properties(message, {**delivery.headers, **update}, expiration_ms=delay_ms)
+        headers = {
+            name: value for name, value in delivery.headers.items() if name.lower() not in _COUNTS
+        }
+        attempt = delivery.attempt if attempt is None else attempt
+        deferrals = delivery.deferrals if deferrals is None else deferrals
+        if attempt > 1:
+            headers[names.HEADER_ATTEMPT] = attempt
+        if deferrals:
+            headers[names.HEADER_DEFERRALS] = deferrals
+        copy = copy_properties(message, headers, user_id=self._user, expiration_ms=delay_ms)
         try:
             await send_copy(self._publisher, message.body, copy, "", retry_queue)
         except PublishFailed as exc:
@@ -233,7 +262,7 @@ class Consumer:
             routing_key=message.routing_key or "",
             now=self._now(),
         )
-        letter = copy_properties(message, headers, more_headers=stamp)
+        letter = copy_properties(message, headers, user_id=self._user, more_headers=stamp)
         routing_key = names.dead_letter_routing_key(denied.denial.reason, delivery.queue)
         await send_copy(
             self._publisher, message.body, letter, names.DEAD_LETTER_EXCHANGE, routing_key

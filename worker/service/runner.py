@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from worker import names
 from worker.amqp.connection import TRANSPORT_ERRORS, Connection, connect
 from worker.amqp.feed import RevocationFeed
 from worker.amqp.inbound import Subscriptions
@@ -89,8 +90,9 @@ class Worker:
     consumer: Consumer | None = None
     metrics: Metrics = field(default_factory=Metrics)
     http: HealthServer | None = None
-    revocations: RevocationList = field(default_factory=RevocationList)
-    """The list the feed fills (given by tests that inject faults into it)."""
+    revocations: RevocationList | None = None
+    """The list the feed fills (by default one of ``WARDEN_REVOCATION_MAX_ENTRIES``; given by
+    tests that inject faults into it)."""
 
     def __post_init__(self) -> None:
         self.metrics.watch(
@@ -98,6 +100,7 @@ class Worker:
                 in_flight=lambda: len(self.consumer.in_flight) if self.consumer else 0,
                 revocation_entries=lambda: len(self.feed.revocations) if self.feed else 0,
                 revocation_faults=lambda: self.feed.faults if self.feed else 0,
+                revocations_untrusted=lambda: self.feed.untrusted if self.feed else 0,
                 jwks=lambda: iter(self.keyring.fetch_counts() if self.keyring else ()),
             )
         )
@@ -142,8 +145,14 @@ class Worker:
         async with httpx.AsyncClient(timeout=settings.jwks_timeout_seconds) as http:
             keyring = self.keyring = build_keyring(settings, http)
             await keyring.load()
+            if self.revocations is None:
+                self.revocations = RevocationList(settings.revocation_max_entries)
             feed = self.feed = RevocationFeed(
-                url, self.revocations, max_staleness=settings.revocation_max_staleness
+                url,
+                self.revocations,
+                max_staleness=settings.revocation_max_staleness,
+                trusted=settings.trusted(),
+                user=settings.broker_user(),
             )
             trust = build_trust(settings)
             gate = Gate(
@@ -190,9 +199,14 @@ class Worker:
             return
 
         consumer = self.consumer = Consumer(gate, settings, publisher, metrics=self.metrics)
-        subscriptions = Subscriptions(
-            channel, {name: partial(consumer.on_message, name) for name in queues}
-        )
+        handlers = {name: partial(consumer.on_message, name) for name in queues}
+        for name in queues:
+            # What the broker dead-lettered (the delivery limit) is written into the dead-letter
+            # queue without its token.
+            handlers[names.quarantine_queue(name)] = partial(
+                consumer.on_message, name, quarantined=True
+            )
+        subscriptions = Subscriptions(channel, handlers)
         await subscriptions.start()
         tasks.append(background.create_task(_hold_while_unreliable(feed, subscriptions)))
         log.info(
