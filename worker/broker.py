@@ -88,7 +88,16 @@ def retry_tier(tiers: tuple[int, ...], delay_ms: int) -> int:
     return tiers[-1]
 
 
-DEAD_LETTER_QUEUE_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum"}
+# Looking at dead letters returns each one to its queue, and the broker counts every return as
+# a delivery: from RabbitMQ 4.0 a quorum queue without a limit of its own drops a message after
+# 20. A limit no look reaches keeps a dead letter until it is replayed or purged. (4.0 reads -1
+# as no limit; RabbitMQ 3 drops a message at its first return with -1.)
+_DEAD_LETTER_DELIVERY_LIMIT = 2**31 - 1
+
+DEAD_LETTER_QUEUE_ARGUMENTS: dict[str, Any] = {
+    "x-queue-type": "quorum",
+    "x-delivery-limit": _DEAD_LETTER_DELIVERY_LIMIT,
+}
 
 
 async def declare_topology(
