@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 from typing import Any
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from tests.support.actions import ran
 from tests.support.issuer import Issuer
 from tests.support.rabbit import Rabbit
-from tests.support.rabbitmqctl import close_connection_named
+from tests.support.rabbitmqctl import close_connection_named, needs_rabbitmqctl
 
 pytestmark = pytest.mark.broker
 
@@ -49,7 +48,7 @@ async def test_a_burst_of_jobs_is_acked_exactly_once(
     assert len(ran.jobs) == 300
 
 
-@pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl")
+@needs_rabbitmqctl
 async def test_a_lingering_ack_leaves_without_any_further_message(
     start_worker: Any, rabbit: Rabbit, issuer: Issuer, queue_name: str
 ) -> None:

@@ -3,7 +3,6 @@ channel means a redelivery, never a crash or a lost job."""
 
 from __future__ import annotations
 
-import shutil
 from typing import Any
 
 import pytest
@@ -12,13 +11,10 @@ from tests.support.actions import ran
 from tests.support.issuer import Issuer
 from tests.support.logwatch import LogWatch
 from tests.support.rabbit import Rabbit
-from tests.support.rabbitmqctl import close_connection_named
+from tests.support.rabbitmqctl import close_connection_named, needs_rabbitmqctl
 from worker.amqp.outbound import ack
 
-pytestmark = [
-    pytest.mark.broker,
-    pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl"),
-]
+pytestmark = [pytest.mark.broker, needs_rabbitmqctl]
 
 
 async def test_worker_survives_its_connection_being_closed_mid_action(

@@ -21,7 +21,7 @@ from tests.support.actions import ran
 from tests.support.issuer import Issuer, JwksServer
 from tests.support.leaks import assert_no_leak
 from tests.support.rabbit import Rabbit
-from worker import names
+from worker import dlq, names
 
 ROOT = Path(__file__).parent.parent
 
@@ -101,6 +101,22 @@ async def test_stats_and_list_count_exactly_and_never_disturb_the_queue(
     assert code == 0
     assert "scope_insufficient" in out
     assert "action_unknown" in out
+
+
+@pytest.mark.broker
+async def test_looking_more_often_than_a_brokers_default_delivery_limit_loses_no_dead_letter(
+    start_worker: Any, rabbit: Rabbit, issuer: Issuer, queue_name: str, broker_url: str
+) -> None:
+    # Each look returns every dead letter to its queue, and the broker counts that as a
+    # delivery; RabbitMQ 4 drops a quorum queue's message after 20 (its default limit).
+    await _fill_dead_letters(start_worker, rabbit, issuer, queue_name)
+    everything = sum(DENIALS.values())
+    first = [letter.message_id for letter in await dlq.letters(broker_url, queue_name)]
+    assert len(set(first)) == everything
+    for _ in range(24):
+        again = [letter.message_id for letter in await dlq.letters(broker_url, queue_name)]
+        assert again == first
+    assert await rabbit.depth(names.dead_letter_queue(queue_name)) == everything
 
 
 @pytest.mark.broker

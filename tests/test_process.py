@@ -53,7 +53,8 @@ async def spawn(
             "WARDEN_DEFER_MAX_SECONDS": "0.5",
             "WARDEN_TEST_RAN_QUEUE": ran_queue,
             "WARDEN_LOG_LEVEL": "WARNING",
-            "WARDEN_HTTP_PORT": "0",  # a port of its own: several may run, beside anything else
+            # A port of its own: another worker on this machine may hold the default one.
+            "WARDEN_HTTP_PORT": "0",
             **env,
         }
         process = await asyncio.create_subprocess_exec(
@@ -128,7 +129,7 @@ async def test_message_that_kills_the_worker_every_time_reaches_the_dlq_as_deliv
         exited = asyncio.ensure_future(process.wait())
         await asyncio.wait({dead_lettered, exited}, return_when=asyncio.FIRST_COMPLETED)
         if exited.done():
-            assert process.returncode == -signal.SIGKILL
+            assert process.returncode == -signal.SIGKILL, (await process.stderr.read())[-2000:]
             deaths += 1
             assert deaths <= limit + 1, "the delivery limit did not stop the poison message"
         else:  # the broker gave up while this worker was starting; it has nothing to do

@@ -24,13 +24,13 @@ from tests.support.actions import ran
 from tests.support.issuer import Issuer
 from tests.support.logwatch import LogWatch
 from tests.support.rabbit import Rabbit
-from tests.support.rabbitmqctl import scratch_vhost
+from tests.support.rabbitmqctl import needs_rabbitmqctl, scratch_vhost
 from worker import errors, names
 from worker.amqp.feed import RevocationFeed, revoke
 from worker.amqp.topology import declare_stream, stream_arguments
 from worker.auth.revocation import Revocation, RevocationList
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, needs_rabbitmqctl]
 
 STALENESS = 2.0
 

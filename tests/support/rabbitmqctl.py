@@ -1,18 +1,47 @@
 """The broker's own command line, for what AMQP cannot do: close a client's connection, make a
-virtual host."""
+virtual host.
+
+``WARDEN_TEST_RABBITMQCTL`` is the command that runs ``rabbitmqctl`` against the broker of
+``RABBITMQ_URL``, split as a shell would (``rabbitmqctl`` where unset): a broker of another
+version runs elsewhere, with a command line of its own (``tests/brokers/rabbitmq4.sh ctl``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shlex
+import shutil
 import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import quote, urlsplit, urlunsplit
 
+import pytest
+
+COMMAND_VARIABLE = "WARDEN_TEST_RABBITMQCTL"
+
+
+def command() -> list[str]:
+    """The command line, without arguments, that runs ``rabbitmqctl`` for the test broker."""
+    return shlex.split(os.environ.get(COMMAND_VARIABLE) or "rabbitmqctl")
+
+
+def _available() -> bool:
+    # A command named in the environment or in CI must be there: a test that needs it then
+    # fails instead of being skipped.
+    ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+    return ci or bool(os.environ.get(COMMAND_VARIABLE)) or shutil.which("rabbitmqctl") is not None
+
+
+needs_rabbitmqctl = pytest.mark.skipif(
+    not _available(), reason=f"needs rabbitmqctl (or {COMMAND_VARIABLE})"
+)
+
 
 async def _rabbitmqctl(*args: str) -> str:
     process = await asyncio.create_subprocess_exec(
-        "rabbitmqctl", "-q", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *command(), "-q", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     out, err = await process.communicate()
     assert process.returncode == 0, err.decode()

@@ -58,8 +58,15 @@ def retry_tier(tiers: tuple[int, ...], delay_ms: int) -> int:
     return tiers[-1]
 
 
-QUORUM: dict[str, Any] = {"x-queue-type": "quorum"}
-"""A plain quorum queue: the dead-letter and quarantine queues."""
+# Looking at dead letters returns each one to its queue, and the broker counts every return as
+# a delivery: from RabbitMQ 4.0 a quorum queue without a limit of its own drops a message after
+# 20. A limit no look (nor a quarantined message that keeps failing) reaches keeps it until it is
+# replayed, purged or written into the dead-letter queue. (4.0 reads -1 as no limit; RabbitMQ 3
+# drops a message at its first return with -1.)
+_KEPT = 2**31 - 1
+
+QUORUM: dict[str, Any] = {"x-queue-type": "quorum", "x-delivery-limit": _KEPT}
+"""The dead-letter and quarantine queues: quorum queues that never drop what they hold."""
 
 
 async def declare_topology(
