@@ -19,6 +19,9 @@ HEADER_REASON = "x-warden-reason"
 HEADER_DENIAL = "x-warden-denial"
 HEADER_DEFERRALS = "x-warden-deferrals"
 HEADER_ATTEMPT = "x-warden-attempt"
+HEADER_PUBLISHER_USER = "x-warden-publisher-user"
+"""On warden's retry or wait copy: the ``user_id`` of the original, which the copy replaces
+with warden's own."""
 HEADER_X_DEATH = "x-death"
 HEADER_MARKER = "x-warden-marker"
 

@@ -14,6 +14,7 @@ from aio_pika.abc import AbstractRobustChannel
 
 from worker import names
 from worker.amqp.connection import TRANSPORT_ERRORS, describe
+from worker.amqp.salvage import Salvaged
 from worker.pipeline.delivery import Delivery
 
 log = logging.getLogger("warden.consumer")
@@ -51,7 +52,7 @@ class Inbound:
 
     def __init__(self, delivered: aiormq.abc.DeliveredMessage) -> None:
         deliver = delivered.delivery
-        assert isinstance(deliver, aiormq.spec.Basic.Deliver)
+        assert isinstance(deliver, aiormq.spec.Basic.Deliver | aiormq.spec.Basic.GetOk)
         self.channel = delivered.channel
         self.delivery_tag: int = deliver.delivery_tag or 0
         self.redelivered = bool(deliver.redelivered)
@@ -183,11 +184,17 @@ def to_delivery(message: Inbound, queue: str, trusted: frozenset[str]) -> Delive
 
     Its attempt and deferral counts are read from warden's headers only when a ``trusted`` user
     wrote the message (RabbitMQ checks ``user_id`` against the publishing connection's user):
-    anyone else's copy counts as a first attempt.
+    anyone else's copy counts as a first attempt. Who published it is its ``user_id``; on
+    warden's own retry or wait copy, the ``x-warden-publisher-user`` the copy carries over from
+    the original.
     """
     properties = message.properties
     headers = properties.headers or {}
-    own = properties.user_id in trusted
+    user = properties.user_id
+    own = user in trusted
+    if own:
+        carried = headers.get(names.HEADER_PUBLISHER_USER)
+        user = carried if type(carried) is str else None
     return Delivery(
         body=message.body,
         headers=headers,
@@ -197,4 +204,6 @@ def to_delivery(message: Inbound, queue: str, trusted: frozenset[str]) -> Delive
         attempt=warden_count(headers, names.HEADER_ATTEMPT, 1) if own else 1,
         deferrals=warden_count(headers, names.HEADER_DEFERRALS, 0) if own else 0,
         redelivered=message.redelivered,
+        publisher_user=user,
+        dropped=properties.dropped if type(properties) is Salvaged else (),
     )

@@ -94,7 +94,13 @@ class KeyStore(KeyLookup, Protocol):
 
 
 def read_job(delivery: Delivery) -> JobRequest:
-    """Check 1: the body is a job object (``schemas/job.schema.json``) with a ``message_id``."""
+    """Check 1: every property and header could be decoded; the body is a job object
+    (``schemas/job.schema.json``) with a ``message_id``."""
+    if delivery.dropped:
+        raise errors.MalformedMessage(
+            f"{len(delivery.dropped)} properties or headers could not be decoded and were "
+            f"dropped: {shown(list(delivery.dropped), 120)}"
+        )
     message_id = delivery.message_id
     if not message_id or len(message_id) > 128:
         raise errors.MalformedMessage("message_id must be 1 to 128 characters")

@@ -21,3 +21,7 @@ class Delivery:
     deferrals: int = 0
     """How often the message already waited for a verdict (``x-warden-deferrals``)."""
     redelivered: bool = False
+    publisher_user: str | None = None
+    """The broker user that published it, as far as the broker vouches for it."""
+    dropped: tuple[str, ...] = ()
+    """Properties and headers (``headers.<name>``) that could not be decoded, left out."""
