@@ -25,10 +25,10 @@ from tests.support.leaks import assert_no_leak
 from tests.support.schemas import DENIAL
 from tests.support.wire import decoded, denial_headers
 from worker import errors
-from worker.amqp.inbound import Inbound
-from worker.amqp.outbound import copy_properties
+from worker.amqp.inbound import Inbound, to_delivery
+from worker.amqp.outbound import carried, copy_properties
 from worker.auth.tokens import TokenCheck
-from worker.deadletters.write import DenialHeaders, kept_headers
+from worker.deadletters.write import DenialHeaders, kept_headers, uncarried
 from worker.pipeline.decision import Denied
 from worker.pipeline.delivery import Delivery
 
@@ -169,3 +169,115 @@ def _header(headers: dict[str, Any]) -> ContentHeader:
             headers=headers, message_id="m-7", app_id="billing", content_type="application/json"
         ),
     )
+
+
+# --- headers a copy cannot carry ----------------------------------------------------------------
+
+NOT_UTF_8 = b"caf\xe9"
+
+
+def _deep(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        value = {"d": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(NOT_UTF_8, id="long-string-not-utf-8"),
+        pytest.param(1e300, id="double-beyond-a-float"),
+        pytest.param({"t": [1, NOT_UTF_8]}, id="nested-bytes"),
+        pytest.param(2**63, id="integer-beyond-64-bits"),
+        pytest.param(_deep(5000), id="tables-5000-deep"),
+    ],
+)
+def test_a_copy_that_cannot_be_encoded_raises_before_anything_is_sent(value: Any) -> None:
+    message = Inbound(_delivered({"x-bad": value, "traceparent": "00-abc"}))
+    copy = copy_properties(message, dict(message.properties.headers or {}), user_id="warden")
+    with pytest.raises(errors.TableNotEncodable):
+        copy.marshal()
+    kept, lost = carried(message.properties.headers or {})
+    assert kept == {"traceparent": "00-abc"}
+    assert lost == ["headers.x-bad"]
+    copy_properties(message, kept, user_id="warden").marshal()
+
+
+def test_a_copy_larger_than_a_frame_raises_and_the_largest_headers_go_first() -> None:
+    headers = {"small": "s" * 10, "large": "l" * 3000, "middle": "m" * 1000, "x-deep": _deep(40)}
+    message = Inbound(_delivered(headers))
+    copy = copy_properties(message, headers, user_id="warden")
+    copy.limit = len(copy.marshal()) - 1
+    with pytest.raises(errors.TableNotEncodable, match="bytes of properties"):
+        copy.marshal()
+    kept, lost = carried(headers, room=1100)
+    assert lost == ["headers.x-deep", "headers.large"]
+    assert kept == {"small": headers["small"], "middle": headers["middle"]}
+    kept, lost = carried(headers, room=0)
+    assert kept == {}
+    assert sorted(lost) == ["headers.large", "headers.middle", "headers.small", "headers.x-deep"]
+
+
+def test_a_copy_never_takes_the_publishers_user_id() -> None:
+    delivered = _delivered({"traceparent": "00-abc"})
+    delivered.header.properties.user_id = "billing-publisher"
+    message = Inbound(delivered)
+    for copy in (
+        copy_properties(message, {}, user_id="warden"),
+        copy_properties(
+            message, {}, user_id="warden", more_headers=encode.short_string("a") + b"V"
+        ),
+    ):
+        wire = copy.marshal()
+        properties = commands.Basic.Properties()
+        properties.unmarshal(struct.unpack(">H", wire[:2])[0], wire[2:])
+        assert properties.user_id == "warden"
+        assert properties.message_id == "m-7"
+    assert to_delivery(message, "jobs", TRUSTED).publisher_user == "billing-publisher"
+
+
+TRUSTED = frozenset({"warden"})
+
+
+@pytest.mark.parametrize(
+    ("user_id", "headers", "publisher"),
+    [
+        pytest.param("billing", {}, "billing", id="the-publisher"),
+        pytest.param("mallory", {"x-warden-publisher-user": "billing"}, "mallory", id="forged"),
+        pytest.param(None, {"x-warden-publisher-user": "billing"}, None, id="forged-no-user-id"),
+        pytest.param("warden", {"x-warden-publisher-user": "billing"}, "billing", id="warden-copy"),
+        pytest.param("warden", {}, None, id="warden-copy-of-no-one"),
+        pytest.param("warden", {"x-warden-publisher-user": {"a": 1}}, None, id="not-a-name"),
+    ],
+)
+def test_who_published_is_the_user_id_or_on_wardens_own_copy_its_header(
+    user_id: str | None, headers: dict[str, Any], publisher: str | None
+) -> None:
+    delivered = _delivered(headers)
+    delivered.header.properties.user_id = user_id
+    assert to_delivery(Inbound(delivered), "jobs", TRUSTED).publisher_user == publisher
+
+
+async def test_a_record_lists_what_was_dropped_and_who_published(issuer: Issuer) -> None:
+    gate, headers = make_gate(issuer), DenialHeaders("w-1")
+    job = replace(
+        delivery(issuer.token(scope="reports:read"), action="admin.purge"),
+        publisher_user="billing-publisher",
+        dropped=("timestamp", "headers.x-when"),
+    )
+    denied = await gate.decide(job)
+    assert isinstance(denied, Denied)
+    assert denied.denial.reason == "malformed_message"
+    assert "headers.x-when" in denied.denial.detail
+    lost = [f"headers.h{n}" for n in range(40)]
+    record = decoded(
+        headers.encoded(
+            uncarried(denied, lost), job, exchange="", routing_key="jobs", now=MOMENT, dropped=lost
+        )
+    )["x-warden-denial"]
+    DENIAL.validate(record)
+    assert record["publisher_user"] == "billing-publisher"
+    assert record["dropped"] == ["timestamp", "headers.x-when", *lost[:14]]
+    assert record["detail"].startswith("40 headers could not be encoded again")
+    assert len(headers) == 0, "a record that lists dropped values is not kept"

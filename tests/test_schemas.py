@@ -266,6 +266,8 @@ def _record(**changes: Any) -> dict[str, Any]:
         "worker": "host-1234",
         "attempts": 1,
         "token": {"fingerprint": "sha256:" + "0" * 64, "verified": True, "exp": 1700000000},
+        "publisher_user": "billing-publisher",
+        "dropped": [],
     }
     record.update(changes)
     return record
@@ -295,6 +297,10 @@ def test_denial_token_members_are_what_a_token_summary_may_hold() -> None:
         pytest.param({"denied_at": "1767323045"}, "denied_at", id="epoch"),
         pytest.param({"attempts": 0}, "attempts", id="attempts-zero"),
         pytest.param({"attempts": "1"}, "attempts", id="attempts-string"),
+        pytest.param({"attempts": 2**63 - 1}, "attempts", id="attempts-unbounded"),
+        pytest.param({"publisher_user": 7}, "publisher_user", id="publisher-user-number"),
+        pytest.param({"dropped": "timestamp"}, "dropped", id="dropped-not-a-list"),
+        pytest.param({"dropped": [f"headers.h{n}" for n in range(17)]}, "dropped", id="dropped-17"),
         pytest.param({"action": 7}, "action", id="action-number"),
         pytest.param({"token": {"verified": False}}, "token", id="token-without-fingerprint"),
         pytest.param(

@@ -17,6 +17,14 @@ channel lock (with the transport-level consumer of :mod:`worker.amqp.inbound`, `
 scenario (d) went from 0.21 to 0.32 of the bare aio-pika loop), and with header table entries
 encoded beforehand through a ``Basic.Properties`` subclass (:class:`DenialHeaders
 <worker.deadletters.write.DenialHeaders>`; (d) from 0.37 to 0.45).
+
+A copy carries warden's own ``user_id``, never the publisher's: RabbitMQ refuses a publish whose
+``user_id`` is not the publishing connection's user, and closes the channel. Its properties are
+encoded in warden's code (:class:`Copy`), so that a header value AMQP cannot carry, or a table
+too large for a frame, raises :class:`~worker.errors.TableNotEncodable` before anything is sent,
+rather than a library's error, or a frame the broker answers by closing the connection. Only
+then are the headers looked at one by one (:func:`carried`); a copy that encodes costs no more
+than before.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections.abc import Awaitable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, cast
@@ -41,7 +49,11 @@ from worker.errors import PublishFailed, TableNotEncodable
 log = logging.getLogger("warden.consumer")
 
 TABLE_LENGTH = struct.Struct(">I")
-_ENCODING_ERRORS = (TypeError, ValueError, OverflowError)
+_ENCODING_ERRORS = (TypeError, ValueError, OverflowError, struct.error)
+_PROPERTY_ERRORS = (*_ENCODING_ERRORS, RecursionError)
+"""What pamqp raises on a property it cannot encode: a value of no AMQP type (a long string that
+was not UTF-8 arrives as bytes), a number out of its type's range (a double beyond a float's),
+a table nested deeper than Python's recursion allows."""
 
 
 # --- acks --------------------------------------------------------------------------------------
@@ -216,14 +228,46 @@ COPIED_PROPERTIES = (
     "priority",
     "expiration",
     "reply_to",
-    "user_id",
 )
-"""Properties a dead letter or a deferred copy keeps from the original."""
+"""Properties a dead letter or a deferred copy keeps from the original: all but ``user_id``,
+which is warden's own (see the module's docstring), and the deprecated ``cluster_id``."""
+
+CONTENT_HEADER_FIXED = 12
+"""Bytes of a content header frame's payload before the properties: class, weight, body size."""
+
+PROPERTIES_BESIDE_HEADERS = 2 + 10 * 256 + 8 + 2 + TABLE_LENGTH.size
+"""The most the properties of a content header take besides the entries of its headers table:
+the flags, ten short strings, a timestamp, two octets, and the table's length."""
+
+MAX_DEPTH = 32
+"""Tables and arrays nested in one another that a salvaged copy carries in a header; a header
+nested deeper is dropped (pamqp encodes recursively; warden's own headers nest 3 deep)."""
 
 
-class _Properties(aiormq.spec.Basic.Properties):
-    """Basic properties whose headers table goes on the wire with ``more`` after its entries:
-    table entries encoded beforehand (see :class:`~worker.deadletters.write.DenialHeaders`)."""
+class Copy(aiormq.spec.Basic.Properties):
+    """The properties of a copy warden publishes, encoded by warden's code.
+
+    Encoding raises :class:`~worker.errors.TableNotEncodable` for a value AMQP cannot carry, or
+    when the properties would take more than ``limit`` bytes (:func:`send_confirmed` sets it from
+    the channel's frame size: the broker closes a connection that sends a larger frame).
+    """
+
+    limit = 0
+    """At most this many bytes of properties; 0 (or less) for no limit."""
+
+    def marshal(self) -> bytes:
+        try:
+            wire = super().marshal()
+        except _PROPERTY_ERRORS as exc:
+            raise TableNotEncodable(type(exc).__name__) from None
+        if 0 < self.limit < len(wire):
+            raise TableNotEncodable(f"{len(wire)} bytes of properties, above {self.limit}")
+        return wire
+
+
+class _CopyWithMore(Copy):
+    """A copy whose headers table goes on the wire with ``more`` after its entries: table
+    entries encoded beforehand (see :class:`~worker.deadletters.write.DenialHeaders`)."""
 
     def __init__(self, *, more: bytes, **properties: Any) -> None:
         super().__init__(**properties)
@@ -243,14 +287,14 @@ def copy_properties(
     user_id: str,
     expiration_ms: int | None = None,
     more_headers: bytes = b"",
-) -> aiormq.spec.Basic.Properties:
+) -> Copy:
     """The properties of a persistent copy of ``message``: the same, with the given headers
     (and, for a message parked in a retry queue, its own expiration), written by ``user_id``:
     the user warden connects as, which the broker checks, and which tells warden's own letters
     and copies from anyone else's. ``more_headers`` are encoded table entries that follow
     ``headers`` on the wire; they must not repeat a name in ``headers``."""
     original = message.properties
-    make = partial(_Properties, more=more_headers) if more_headers else aiormq.spec.Basic.Properties
+    make = partial(_CopyWithMore, more=more_headers) if more_headers else Copy
     return make(
         content_type=original.content_type,
         content_encoding=original.content_encoding,
@@ -287,6 +331,46 @@ def copy_message(
     )
 
 
+def carried(
+    headers: Mapping[str, Any], room: int | None = None
+) -> tuple[dict[str, Any], list[str]]:
+    """What a copy can carry of ``headers``, and the names (``headers.<name>``) of what it
+    cannot: a header whose value AMQP cannot encode, or that nests tables and arrays more than
+    :data:`MAX_DEPTH` deep; then, the largest first, those that take the entries beyond ``room``
+    bytes."""
+    kept: dict[str, Any] = {}
+    sizes: dict[str, int] = {}
+    lost: list[str] = []
+    for name, value in headers.items():
+        try:
+            if _depth(value) > MAX_DEPTH:
+                raise TableNotEncodable("nested too deep")
+            sizes[name] = len(table_entry(name, value))
+        except TableNotEncodable:
+            lost.append(f"headers.{name}")
+            continue
+        kept[name] = value
+    if room is not None:
+        total = sum(sizes.values())
+        for name in sorted(kept, key=sizes.__getitem__, reverse=True):
+            if total <= room:
+                break
+            total -= sizes[name]
+            del kept[name]
+            lost.append(f"headers.{name}")
+    return kept, lost
+
+
+def _depth(value: Any, limit: int = MAX_DEPTH) -> int:
+    """How deep tables and arrays nest in ``value``, counted up to ``limit + 1`` at most."""
+    if isinstance(value, dict | list):
+        if limit < 0:
+            return 1
+        inner = value.values() if isinstance(value, dict) else value
+        return 1 + max((_depth(item, limit - 1) for item in inner), default=0)
+    return 0
+
+
 async def publish_confirmed(
     exchange: AbstractExchange, message: aio_pika.Message, routing_key: str
 ) -> None:
@@ -298,17 +382,26 @@ async def publish_confirmed(
     )
 
 
+Send = Callable[[aiormq.abc.AbstractChannel, bytes, Copy, str, str], Awaitable[None]]
+"""How a copy goes out on a transport channel: :func:`send_confirmed` or
+:func:`send_in_transaction`."""
+
+
 async def send_confirmed(
     channel: aiormq.abc.AbstractChannel,
     body: bytes,
-    properties: aiormq.spec.Basic.Properties,
+    properties: Copy,
     exchange: str,
     routing_key: str,
 ) -> None:
     """:func:`publish_confirmed` at the transport's level, for copies of deliveries. The frames
-    are queued without waiting for the socket, so many copies can wait for confirms at once."""
-    # aiormq's own channel takes ``wait``; its abstract interface does not name it.
+    are queued without waiting for the socket, so many copies can wait for confirms at once.
+    Raises :class:`~worker.errors.TableNotEncodable`, having sent nothing, for properties that
+    cannot be encoded or would not fit a frame."""
+    # aiormq's own channel takes ``wait``, and knows its frame size; its abstract interface
+    # names neither.
     transport = cast(aiormq.Channel, channel)
+    properties.limit = transport.max_content_size - CONTENT_HEADER_FIXED
     await _confirmed(
         exchange or "default exchange",
         transport.basic_publish(
@@ -322,20 +415,85 @@ async def send_confirmed(
     )
 
 
-async def send_copy(
-    channel: AbstractChannel,
+async def send_in_transaction(
+    channel: aiormq.abc.AbstractChannel,
     body: bytes,
-    properties: aiormq.spec.Basic.Properties,
+    properties: Copy,
     exchange: str,
     routing_key: str,
 ) -> None:
-    """:func:`send_confirmed` on the transport channel under an aio-pika ``channel``; a channel
-    that is gone is a :class:`~worker.errors.PublishFailed` like any other unconfirmed publish."""
+    """A copy published with ``mandatory`` on a channel in transaction mode, where the commit
+    stands for the confirm; otherwise as :func:`send_confirmed`."""
+    transport = cast(aiormq.Channel, channel)
+    properties.limit = transport.max_content_size - CONTENT_HEADER_FIXED
+    try:
+        await transport.basic_publish(
+            body, exchange=exchange, routing_key=routing_key, properties=properties, mandatory=True
+        )
+    except TRANSPORT_ERRORS as exc:
+        raise _gone(exchange, exc) from None
+
+
+async def send_copy(
+    channel: AbstractChannel,
+    body: bytes,
+    properties: Copy,
+    exchange: str,
+    routing_key: str,
+    *,
+    send: Send = send_confirmed,
+) -> None:
+    """:func:`send_confirmed` (or ``send``) on the transport channel under an aio-pika
+    ``channel``; a channel that is gone is a :class:`~worker.errors.PublishFailed` like any
+    other unconfirmed publish."""
     try:
         transport = await channel.get_underlay_channel()
     except TRANSPORT_ERRORS as exc:
-        raise PublishFailed(f"{exchange or 'default exchange'}: {describe(exc)}") from None
-    await send_confirmed(transport, body, properties, exchange, routing_key)
+        raise _gone(exchange, exc) from None
+    await send(transport, body, properties, exchange, routing_key)
+
+
+async def send_salvaged(
+    channel: AbstractChannel,
+    body: bytes,
+    message: Inbound,
+    headers: Mapping[str, Any],
+    exchange: str,
+    routing_key: str,
+    *,
+    user_id: str,
+    stamp: Callable[[list[str]], bytes] = lambda lost: b"",
+    send: Send = send_confirmed,
+) -> list[str]:
+    """:func:`send_copy` of ``message``, written by ``user_id``, with what it can carry of
+    ``headers``, for a copy that could not be encoded whole
+    (:class:`~worker.errors.TableNotEncodable`). Returns the names of the headers left out;
+    ``stamp`` gives, knowing them, the entries that follow the headers.
+
+    First every header that can be encoded, the largest dropped while the copy would not fit a
+    frame; should it still not fit (the entries of ``stamp`` grow with the names), none.
+    """
+    try:
+        transport = cast(aiormq.Channel, await channel.get_underlay_channel())
+    except TRANSPORT_ERRORS as exc:
+        raise _gone(exchange, exc) from None
+    kept, lost = carried(headers)
+    frame = transport.max_content_size - CONTENT_HEADER_FIXED
+    room = frame - PROPERTIES_BESIDE_HEADERS - len(stamp(lost)) if frame > 0 else None
+    kept, too_large = carried(kept, room)
+    lost += too_large
+    try:
+        properties = copy_properties(message, kept, user_id=user_id, more_headers=stamp(lost))
+        await send(transport, body, properties, exchange, routing_key)
+    except TableNotEncodable:
+        lost += [f"headers.{name}" for name in kept]
+        properties = copy_properties(message, {}, user_id=user_id, more_headers=stamp(lost))
+        await send(transport, body, properties, exchange, routing_key)
+    return lost
+
+
+def _gone(exchange: str, exc: BaseException) -> PublishFailed:
+    return PublishFailed(f"{exchange or 'default exchange'}: {describe(exc)}")
 
 
 async def _confirmed(where: str, publishing: Awaitable[Any]) -> None:

@@ -11,7 +11,7 @@ only ``denied_at`` is encoded per message.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -26,7 +26,7 @@ from worker.amqp.outbound import (
 )
 from worker.auth.tokens import TokenCheck
 from worker.deadletters.read import body_action
-from worker.errors import DeliveryLimit, Denial, TableNotEncodable
+from worker.errors import DeliveryLimit, Denial, MalformedMessage, TableNotEncodable
 from worker.pipeline.decision import Denied, bearer_token
 from worker.pipeline.delivery import Delivery
 from worker.support.cache import BoundedCache
@@ -37,6 +37,12 @@ log = logging.getLogger("warden.consumer")
 _DENIED_AT = table_key("denied_at")
 
 
+MAX_LISTED = 16
+"""The most names of dropped values a denial record lists (its detail gives how many there
+were); each is cut to :data:`MAX_NAME` characters."""
+MAX_NAME = 100
+
+
 def denial_record(
     denied: Denied,
     delivery: Delivery,
@@ -45,8 +51,12 @@ def denial_record(
     routing_key: str,
     worker: str,
     now: datetime,
+    dropped: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Everything an operator needs to know about a refusal, and nothing secret."""
+    """Everything an operator needs to know about a refusal, and nothing secret. ``dropped``
+    names the headers the dead letter could not carry, beyond those the delivery lost when it
+    was decoded."""
+    listed = [*delivery.dropped, *dropped][:MAX_LISTED]
     return {
         "reason": denied.denial.reason,
         "error": denied.denial.error,
@@ -59,16 +69,57 @@ def denial_record(
         "worker": worker,
         "attempts": delivery.attempt,
         "token": None if denied.token is None else denied.token.summary(),
+        "publisher_user": delivery.publisher_user,
+        "dropped": [
+            name if len(name) <= MAX_NAME else name[: MAX_NAME - 3] + "..." for name in listed
+        ],
     }
 
 
-_NEVER_KEPT = frozenset({names.HEADER_AUTHORIZATION, names.HEADER_REASON, names.HEADER_DENIAL})
+def uncarried(denied: Denied, lost: Sequence[str]) -> Denied:
+    """The verdict on a message whose dead letter or parked copy cannot carry the headers
+    ``lost``: ``malformed_message``, saying what it was denied first."""
+    first = denied.denial
+    before = (
+        first.detail
+        if isinstance(first, MalformedMessage)
+        else f"denied {first.reason} first: {first.detail}"
+    )
+    detail = f"{len(lost)} headers could not be encoded again and were dropped; {before}"
+    return Denied(MalformedMessage(detail), denied.action, denied.token)
+
+
+def unparked(delivery: Delivery, why: str) -> Denied:
+    """The verdict on a message whose retry or wait copy cannot be encoded, to be passed to
+    :func:`uncarried`: the action its body names, its token by fingerprint only."""
+    reason = MalformedMessage(f"its copy could not be parked {why}")
+    return Denied(reason, body_action(delivery.body), _token(delivery))
+
+
+def _token(delivery: Delivery) -> TokenCheck | None:
+    """The token a delivery carries, unchecked: what a record may show of it is its
+    fingerprint, and kept headers must not repeat it."""
+    try:
+        return TokenCheck(bearer_token(delivery.headers))
+    except Denial:
+        return None
+
+
+_NEVER_KEPT = frozenset(
+    {
+        names.HEADER_AUTHORIZATION,
+        names.HEADER_REASON,
+        names.HEADER_DENIAL,
+        names.HEADER_PUBLISHER_USER,
+    }
+)
 
 
 def kept_headers(headers: Mapping[str, Any], token: str | None) -> dict[str, Any]:
     """The original headers a dead letter keeps: all but ``authorization``, any header that
-    repeats the token, and ``x-warden-reason`` and ``x-warden-denial`` (any case), which only
-    warden writes."""
+    repeats the token, ``x-warden-reason`` and ``x-warden-denial`` (any case), which only
+    warden writes, and ``x-warden-publisher-user``, which the record holds as
+    ``publisher_user``."""
     kept: dict[str, Any] = {}
     for name, value in headers.items():
         if name.lower() in _NEVER_KEPT:
@@ -98,14 +149,10 @@ def delivery_limit_denial(delivery: Delivery) -> Denied:
                 count = found if type(found) is int else None
                 break
     told = f"after {count} deliveries" if count is not None else "at its delivery limit"
-    try:
-        token = TokenCheck(bearer_token(delivery.headers))
-    except Denial:
-        token = None
     return Denied(
         DeliveryLimit(f"the broker dead-lettered it {told}: the job kept ending its worker"),
         body_action(delivery.body),
-        token,
+        _token(delivery),
     )
 
 
@@ -130,12 +177,13 @@ class DenialHeaders:
         exchange: str,
         routing_key: str,
         now: datetime,
+        dropped: Sequence[str] = (),
     ) -> bytes:
         """The two headers as encoded table entries, to follow the message's other headers.
 
         The table decodes to ``x-warden-reason`` and the :func:`denial_record` of the same
         arguments, except that a token whose claims AMQP cannot carry is reduced to its
-        fingerprint and ``verified``.
+        fingerprint and ``verified``. A record that lists dropped values is not kept.
         """
         denial, token = denied.denial, denied.token
         key = (
@@ -144,13 +192,15 @@ class DenialHeaders:
             denied.action,
             delivery.queue,
             delivery.attempt,
+            delivery.publisher_user,
             exchange,
             routing_key,
             # The token's part of the record follows from its text, how far it was checked
             # and whether its claims could be read.
             None if token is None else (token.digest(), token.verified, token.claims is None),
         )
-        fixed = self._fixed.get(key)
+        lost = dropped or delivery.dropped
+        fixed = None if lost else self._fixed.get(key)
         if fixed is None:
             record = denial_record(
                 denied,
@@ -159,9 +209,11 @@ class DenialHeaders:
                 routing_key=routing_key,
                 worker=self.worker,
                 now=now,
+                dropped=dropped,
             )
             fixed = self._encode_fixed(record, delivery)
-            self._fixed.put(key, fixed)
+            if not lost:
+                self._fixed.put(key, fixed)
         head, entries = fixed
         entries += _DENIED_AT + table_value(rfc3339(now))
         return head + TABLE_LENGTH.pack(len(entries)) + entries

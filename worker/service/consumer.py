@@ -12,10 +12,16 @@ from typing import Any
 from worker import names
 from worker.amqp.connection import Channel
 from worker.amqp.inbound import Inbound, to_delivery
-from worker.amqp.outbound import Acker, copy_properties, requeue, send_copy
+from worker.amqp.outbound import Acker, copy_properties, requeue, send_copy, send_salvaged
 from worker.amqp.topology import retry_tier
-from worker.deadletters.write import DenialHeaders, delivery_limit_denial, kept_headers
-from worker.errors import PublishFailed, Unavailable
+from worker.deadletters.write import (
+    DenialHeaders,
+    delivery_limit_denial,
+    kept_headers,
+    uncarried,
+    unparked,
+)
+from worker.errors import MalformedMessage, PublishFailed, TableNotEncodable, Unavailable
 from worker.ops.metrics import UNREGISTERED, Metrics
 from worker.pipeline.decision import Denied, Gate
 from worker.pipeline.delivery import Delivery
@@ -35,8 +41,11 @@ def _action_outcome(outcome: Outcome) -> str:
     return "retry"
 
 
-_COUNTS = frozenset({names.HEADER_ATTEMPT, names.HEADER_DEFERRALS})
-"""warden's own counts on its copies: written afresh on every copy, never carried over."""
+_WRITTEN_AFRESH = frozenset(
+    {names.HEADER_ATTEMPT, names.HEADER_DEFERRALS, names.HEADER_PUBLISHER_USER}
+)
+"""warden's own headers on its copies (its counts, the original's publisher): written afresh on
+every copy, never carried over."""
 
 
 class Consumer:
@@ -227,7 +236,9 @@ class Consumer:
         delay_ms = max(round(delay * 1000), 1)
         retry_queue = names.retry_queue(delivery.queue, retry_tier(self._tiers, delay_ms))
         headers = {
-            name: value for name, value in delivery.headers.items() if name.lower() not in _COUNTS
+            name: value
+            for name, value in delivery.headers.items()
+            if name.lower() not in _WRITTEN_AFRESH
         }
         attempt = delivery.attempt if attempt is None else attempt
         deferrals = delivery.deferrals if deferrals is None else deferrals
@@ -235,9 +246,15 @@ class Consumer:
             headers[names.HEADER_ATTEMPT] = attempt
         if deferrals:
             headers[names.HEADER_DEFERRALS] = deferrals
+        if delivery.publisher_user is not None:
+            headers[names.HEADER_PUBLISHER_USER] = delivery.publisher_user
         copy = copy_properties(message, headers, user_id=self._user, expiration_ms=delay_ms)
         try:
             await send_copy(self._publisher, message.body, copy, "", retry_queue)
+        except TableNotEncodable:
+            # A header a copy cannot carry: the message cannot wait, and is malformed.
+            await self._unparked(message, delivery, retry_queue)
+            return
         except PublishFailed as exc:
             log.error(
                 "could not park a copy; returning the original after the delay",
@@ -248,6 +265,24 @@ class Consumer:
                 },
             )
             await asyncio.sleep(delay)
+            self._acks.settled_otherwise(message)
+            await requeue(message)
+            return
+        self._acks.ack(message)
+
+    async def _unparked(self, message: Inbound, delivery: Delivery, retry_queue: str) -> None:
+        """Dead-letter a message whose copy cannot wait in ``retry_queue``; should that fail
+        too, return it to its queue (whose delivery limit ends it)."""
+        denied = unparked(delivery, f"in {retry_queue}")
+        self._log_denial(delivery, denied)
+        try:
+            await self._dead_letter(message, delivery, denied)
+        except PublishFailed as exc:
+            self.metrics.dead_letter_failures.labels(delivery.queue).inc()
+            log.error(
+                "neither a copy nor a dead letter could be sent; returning the message",
+                extra={"message_id": delivery.message_id, "error": str(exc)},
+            )
             self._acks.settled_otherwise(message)
             await requeue(message)
             return
@@ -264,8 +299,47 @@ class Consumer:
         )
         letter = copy_properties(message, headers, user_id=self._user, more_headers=stamp)
         routing_key = names.dead_letter_routing_key(denied.denial.reason, delivery.queue)
-        await send_copy(
-            self._publisher, message.body, letter, names.DEAD_LETTER_EXCHANGE, routing_key
+        try:
+            await send_copy(
+                self._publisher, message.body, letter, names.DEAD_LETTER_EXCHANGE, routing_key
+            )
+        except TableNotEncodable:
+            await self._dead_letter_salvaged(message, delivery, denied, headers)
+
+    async def _dead_letter_salvaged(
+        self, message: Inbound, delivery: Delivery, denied: Denied, headers: dict[str, Any]
+    ) -> None:
+        """Dead-letter as ``malformed_message`` a message whose headers cannot all be encoded
+        again, with those that can be; its denial record lists the others."""
+        now = self._now()
+
+        def stamp(lost: list[str]) -> bytes:
+            return self._denials.encoded(
+                uncarried(denied, lost),
+                delivery,
+                exchange=message.exchange or "",
+                routing_key=message.routing_key or "",
+                now=now,
+                dropped=lost,
+            )
+
+        lost = await send_salvaged(
+            self._publisher,
+            message.body,
+            message,
+            headers,
+            names.DEAD_LETTER_EXCHANGE,
+            names.dead_letter_routing_key(MalformedMessage.reason, delivery.queue),
+            user_id=self._user,
+            stamp=stamp,
+        )
+        log.warning(
+            "headers could not be encoded again; dead-lettered as malformed_message without them",
+            extra={
+                "message_id": delivery.message_id,
+                "queue": delivery.queue,
+                "dropped": lost[:16],
+            },
         )
 
     def _log_denial(self, delivery: Delivery, denied: Denied) -> None:
