@@ -39,7 +39,7 @@ from typing import Any, cast
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage, DeliveryMode
+from aio_pika.abc import AbstractChannel, AbstractExchange, DeliveryMode
 from pamqp import encode
 
 from worker.amqp.connection import TRANSPORT_ERRORS, describe
@@ -217,21 +217,6 @@ def table_entries(values: Mapping[str, Any]) -> bytes:
 # --- copies, published with confirms -----------------------------------------------------------
 
 
-COPIED_PROPERTIES = (
-    "message_id",
-    "correlation_id",
-    "content_type",
-    "content_encoding",
-    "timestamp",
-    "type",
-    "app_id",
-    "priority",
-    "expiration",
-    "reply_to",
-)
-"""Properties a dead letter or a deferred copy keeps from the original: all but ``user_id``,
-which is warden's own (see the module's docstring), and the deprecated ``cluster_id``."""
-
 CONTENT_HEADER_FIXED = 12
 """Bytes of a content header frame's payload before the properties: class, weight, body size."""
 
@@ -309,25 +294,6 @@ def copy_properties(
         message_type=original.message_type,
         user_id=user_id,
         app_id=original.app_id,
-    )
-
-
-def copy_message(
-    message: AbstractIncomingMessage,
-    headers: dict[str, Any],
-    *,
-    user_id: str,
-    expiration_ms: int | None = None,
-) -> aio_pika.Message:
-    """A persistent copy of ``message``: same body, same properties, the given headers (and,
-    for a message parked in a retry queue, its own expiration), written by ``user_id``."""
-    properties = {name: getattr(message, name) for name in COPIED_PROPERTIES}
-    properties["user_id"] = user_id
-    properties["expiration"] = None if expiration_ms is None else expiration_ms / 1000
-    if properties["timestamp"] is None:
-        properties["timestamp"] = datetime.now(UTC)
-    return aio_pika.Message(
-        message.body, headers=headers, delivery_mode=DeliveryMode.PERSISTENT, **properties
     )
 
 

@@ -9,6 +9,11 @@ in the same order for the next reader. (The broker counts the look as a delivery
 A move happens one message at a time inside an AMQP transaction: the republish and the ack of
 the original commit together or not at all, so a move stopped at any point loses nothing and
 moves nothing twice.
+
+Messages are taken at the transport's level (aiormq's ``basic_get``), as a worker's consumer
+takes them (:class:`~worker.amqp.inbound.Inbound`), so that a move sends the copy a worker would
+(:func:`~worker.amqp.outbound.copy_properties`): written by the tool's user, without the headers
+it cannot encode again, which are left out and logged rather than ending the move.
 """
 
 from __future__ import annotations
@@ -23,8 +28,16 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
-from worker.amqp.outbound import copy_message
-from worker.errors import QueueMissing
+from worker.amqp.inbound import Inbound
+from worker.amqp.outbound import (
+    Send,
+    copy_properties,
+    send_confirmed,
+    send_copy,
+    send_in_transaction,
+    send_salvaged,
+)
+from worker.errors import QueueMissing, TableNotEncodable
 
 log = logging.getLogger("warden.dlq")
 
@@ -38,11 +51,14 @@ class Held:
     message_id: str | None
     user_id: str | None
     """Who wrote it, as the broker checked it."""
-    message: AbstractIncomingMessage = field(repr=False)
+    message: Inbound = field(repr=False)
 
 
-def _held(message: AbstractIncomingMessage) -> Held:
-    return Held(message.body, message.headers or {}, message.message_id, message.user_id, message)
+def _held(message: Inbound) -> Held:
+    properties = message.properties
+    return Held(
+        message.body, properties.headers or {}, message.message_id, properties.user_id, message
+    )
 
 
 class Queues:
@@ -107,11 +123,7 @@ class Queues:
                 "moved message was unroutable; its original is kept",
                 extra={"message_id": message.message_id, "exchange": exchange},
             )
-            target = await channel.get_exchange(exchange, ensure=False)
-            await target.publish(
-                copy_message(original.message, dict(original.headers), user_id=self.user),
-                routing_key,
-            )
+            await _send(channel, original, dict(original.headers), exchange, routing_key, self.user)
         await channel.close()
         return [m.message_id for m in returned]
 
@@ -151,21 +163,51 @@ class Moving:
         """Publish ``message`` with ``headers`` to ``to`` (exchange, routing key) and remove the
         original, both or neither; ``back`` is where the original is written again if the
         broker cannot route the move."""
-        exchange = await self._channel.get_exchange(to[0], ensure=False)
-        await exchange.publish(
-            copy_message(message.message, headers, user_id=self._user), to[1], mandatory=True
-        )
+        await _send(self._channel, message, headers, *to, self._user, send_in_transaction)
         await message.message.ack()
         await self._transaction.commit()
         self.sent[message.message_id] = (message, back)
 
 
+async def _send(
+    channel: AbstractChannel,
+    message: Held,
+    headers: dict[str, Any],
+    exchange: str,
+    routing_key: str,
+    user: str,
+    send: Send = send_confirmed,
+) -> None:
+    """A copy of ``message`` with ``headers`` to ``exchange``, or with those it can carry."""
+    original = message.message
+    copy = copy_properties(original, headers, user_id=user)
+    try:
+        await send_copy(channel, original.body, copy, exchange, routing_key, send=send)
+    except TableNotEncodable:
+        lost = await send_salvaged(
+            channel,
+            original.body,
+            original,
+            headers,
+            exchange,
+            routing_key,
+            user_id=user,
+            send=send,
+        )
+        log.warning(
+            "headers that cannot be encoded again were left out of a copy",
+            extra={"message_id": message.message_id, "exchange": exchange, "dropped": lost[:16]},
+        )
+
+
 async def _take_all(channel: AbstractChannel, queue: str) -> list[Held]:
-    source = await channel.get_queue(queue, ensure=False)
+    transport = await channel.get_underlay_channel()
     found: list[Held] = []
-    while (message := await source.get(no_ack=False, fail=False)) is not None:
-        found.append(_held(message))
-    return found
+    while True:
+        got = await transport.basic_get(queue, no_ack=False)
+        if not isinstance(got.delivery, aiormq.spec.Basic.GetOk):
+            return found
+        found.append(_held(Inbound(got)))
 
 
 @asynccontextmanager
