@@ -105,12 +105,13 @@ class RawProperties(commands.Basic.Properties):
 
 
 async def publish_raw(
-    channel: aiormq.abc.AbstractChannel, queue: str, body: bytes, wire: bytes
+    channel: aiormq.abc.AbstractChannel, queue: str, body: bytes, wire: bytes, exchange: str = ""
 ) -> None:
-    """Publish ``body`` with the encoded properties ``wire`` to ``queue``, with ``mandatory``;
-    return once the broker confirmed it."""
+    """Publish ``body`` with the encoded properties ``wire`` to ``queue`` (through ``exchange``,
+    by default the default exchange), with ``mandatory``; return once the broker confirmed it."""
     confirmation = await channel.basic_publish(
         body,
+        exchange=exchange,
         routing_key=queue,
         properties=RawProperties(wire, uuid.uuid4().hex),
         mandatory=True,

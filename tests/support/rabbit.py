@@ -102,6 +102,23 @@ class Rabbit:
             await channel.close()
         return out
 
+    async def peek(
+        self, queue: str, count: int, timeout: float = 15.0
+    ) -> list[AbstractIncomingMessage]:
+        """The first ``count`` messages of ``queue``, waiting at most ``timeout`` for them, left
+        in the queue: taken without an ack, they go back in order when the look ends."""
+        channel = await self.connection.channel()
+        received: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        await (await channel.get_queue(queue)).consume(received.put)
+        out: list[AbstractIncomingMessage] = []
+        try:
+            async with asyncio.timeout(timeout):
+                while len(out) < count:
+                    out.append(await received.get())
+        finally:
+            await channel.close()
+        return out
+
     async def dead_letters(
         self, queue: str, count: int, timeout: float = 15.0
     ) -> list[AbstractIncomingMessage]:
