@@ -106,12 +106,7 @@ class Issuer:
             "jti": uuid.uuid4().hex,
             "scope": "reports:write reports:read",
         }
-        for name, value in overrides.items():
-            if value is DROP:
-                claims.pop(name, None)
-            else:
-                claims[name] = value
-        return claims
+        return overridden(claims, overrides)
 
     def token(
         self,
@@ -133,6 +128,17 @@ class Issuer:
 
 DROP = object()
 """Pass as a claim value to leave that claim out of a token."""
+
+
+def overridden(claims: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``claims`` with ``overrides`` over them; a claim overridden with :data:`DROP` is left out."""
+    out = dict(claims)
+    for name, value in overrides.items():
+        if value is DROP:
+            out.pop(name, None)
+        else:
+            out[name] = value
+    return out
 
 
 def unsigned(header: dict[str, Any], claims: dict[str, Any], signature: bytes = b"") -> str:
