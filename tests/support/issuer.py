@@ -179,6 +179,8 @@ class JwksServer:
         """Introspection answers by token; a token not listed is inactive."""
         self.client = ("warden", "s3cret-introspection")
         self.introspections = 0
+        self.introspected: list[str] = []
+        """Every token posted to an introspection endpoint of this server, in order."""
         self._lock = threading.Condition()
         server = self
 
@@ -209,6 +211,7 @@ class JwksServer:
                 form = parse_qs(self.rfile.read(length).decode())
                 with server._lock:
                     server.requests.append("POST " + self.path)
+                    server.introspected.extend(form.get("token", []))
                     server.introspections += 1
                     server._lock.notify_all()
                 if server.introspection_down or not self.path.endswith("/introspect"):
