@@ -40,7 +40,12 @@ async def warden(*args: str, env: dict[str, str] | None = None) -> tuple[int, st
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+    except TimeoutError:
+        process.kill()  # a command that does not end must not outlive the test
+        await process.wait()
+        raise
     assert process.returncode is not None
     assert_no_leak(out.decode() + err.decode(), f"the output of warden {' '.join(args[:2])}")
     return process.returncode, out.decode(), err.decode()

@@ -249,6 +249,7 @@ async def test_warden_run_stops_with_a_line_that_says_https_is_required() -> Non
             "WARDEN_JWKS_URL": "http://as.example/jwks",
             "WARDEN_ACTIONS": "tests.support.actions",
             "WARDEN_BROKER_URL": "amqp://guest:guest@127.0.0.1:1/",
+            "WARDEN_HTTP_PORT": "0",
         },
     )
     assert code != 0
