@@ -216,7 +216,9 @@ AUTH0_CLIENT = "kbyuFDidLLm280LIwVFiazOqjO3ty8KH"
 
 
 def _auth0_access(v: Vendor) -> Shape:
-    """A user's token for an API with RBAC and "Add Permissions in the Access Token"."""
+    """A user's token for an API with RBAC and "Add Permissions in the Access Token", whose
+    token expiration is set to 2 hours (Auth0's default of 24 would outlive what warden lets a
+    revocation last, ``WARDEN_MAX_TOKEN_LIFETIME_SECONDS``)."""
     now = _now()
     header = {"alg": "RS256", "typ": "JWT", "kid": v.key.kid}
     claims = {
@@ -224,7 +226,7 @@ def _auth0_access(v: Vendor) -> Shape:
         "sub": "auth0|64c2b1f2e3a4b5c6d7e8f901",
         "aud": [AUDIENCE, v.issuer.url + "userinfo"],
         "iat": now,
-        "exp": now + 86400,
+        "exp": now + 7200,
         "azp": AUTH0_CLIENT,
         "scope": "openid profile email",
         "permissions": ["read:reports", "write:reports"],
