@@ -21,7 +21,9 @@ from tests.support.actions import ran
 from tests.support.issuer import Issuer, JwksServer
 from tests.support.leaks import assert_no_leak
 from tests.support.rabbit import Rabbit
-from worker import dlq, names
+from worker import names
+from worker.deadletters import admin
+from worker.settings import BrokerSettings
 
 ROOT = Path(__file__).parent.parent
 
@@ -116,10 +118,12 @@ async def test_looking_more_often_than_a_brokers_default_delivery_limit_loses_no
     # delivery; RabbitMQ 4 drops a quorum queue's message after 20 (its default limit).
     await _fill_dead_letters(start_worker, rabbit, issuer, queue_name)
     everything = sum(DENIALS.values())
-    first = [letter.message_id for letter in await dlq.letters(broker_url, queue_name)]
+    settings = BrokerSettings(broker_url=broker_url)
+    reader = admin.Reader(broker_url, settings.broker_user(), settings.trusted())
+    first = [letter.message_id for letter in await admin.letters(reader, queue_name)]
     assert len(set(first)) == everything
     for _ in range(24):
-        again = [letter.message_id for letter in await dlq.letters(broker_url, queue_name)]
+        again = [letter.message_id for letter in await admin.letters(reader, queue_name)]
         assert again == first
     assert await rabbit.depth(names.dead_letter_queue(queue_name)) == everything
 
