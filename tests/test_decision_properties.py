@@ -38,9 +38,10 @@ from tests.support.issuer import sign as sign_with
 from tests.support.leaks import assert_no_leak
 from tests.support.schemas import DENIAL
 from tests.support.wire import decoded, denial_headers
-from worker import errors
+from worker import Job, action, errors
 from worker.auth.proof import ProofKey
 from worker.deadletters.write import DenialHeaders, denial_record
+from worker.pipeline.actions import Registry
 from worker.pipeline.decision import Allowed, Denied
 from worker.pipeline.delivery import Delivery
 
@@ -53,10 +54,22 @@ KIDS = {
     WORLD.issuer.url: {key.kid for key in ISSUER_KEYS},
     WORLD.other.url: {key.kid for key in OTHER_KEYS},
 }
+
+
+@action(
+    "reports.delegated_per_issuer",
+    scopes={"reports:write"},
+    actors={WORLD.issuer.url: {"agent-x"}, WORLD.other.url: {"agent-y"}},
+)
+async def delegated_per_issuer(job: Job) -> None:
+    """``agent-x`` of the first issuer, or ``agent-y`` of the second, may act."""
+
+
+REGISTRY = Registry.from_modules(["tests.support.actions", __name__])
 ACTIONS = [
     "reports.generate",
     "reports.read",
-    "reports.delegated",
+    "reports.delegated_per_issuer",
     "reports.any_actor",
     "admin.purge",
 ]
@@ -301,14 +314,14 @@ def may_wait(case: Case, exc: errors.Unavailable, keys: MemoryKeys) -> None:
     assert header["kid"] not in KIDS[claims["iss"]]
     fetched = keys.fetched_at(claims["iss"])
     assert fetched is not None
-    assert type(claims["iat"]) is int
+    assert type(claims["iat"]) in (int, float)
     assert fetched - 1 <= claims["iat"] <= time.time() + 30
 
 
 def test_any_message_gets_a_verdict_from_the_closed_set(monkeypatch: pytest.MonkeyPatch) -> None:
     clear_warden_environment(monkeypatch)
     keys = MemoryKeys(WORLD.issuer, WORLD.other)
-    gate = make_gate(WORLD.issuer, WORLD.other, keys=keys)
+    gate = make_gate(WORLD.issuer, WORLD.other, keys=keys, registry=REGISTRY)
     seen = 0
 
     with asyncio.Runner() as runner:

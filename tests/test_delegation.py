@@ -1,7 +1,8 @@
 """Delegation (check 16, ``docs/actions.md``): which actors may act for a subject, per action.
 
 ``reports.generate`` allows no delegation (the default), ``reports.delegated`` allows ``agent-x``
-and ``reports.any_actor`` allows any actor (``tests/support/actions.py``). Only the current actor,
+(``tests/support/delegated.py``) and ``reports.any_actor`` allows any actor
+(``tests/support/actions.py``). Only the current actor,
 the top-level ``act.sub``, is checked: nested ``act`` claims name prior actors and are
 informational (RFC 8693 section 4.1). The whole chain reaches ``job.principal`` and dead letters.
 """
@@ -37,9 +38,12 @@ def _no_warden_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     clear_warden_environment(monkeypatch)
 
 
+DELEGATING = Registry.from_modules(["tests.support.actions", "tests.support.delegated"])
+
+
 @pytest.fixture
 def gate() -> Gate:
-    return make_gate(WORLD.issuer, keys=MemoryKeys(WORLD.issuer))
+    return make_gate(WORLD.issuer, keys=MemoryKeys(WORLD.issuer), registry=DELEGATING)
 
 
 def chain(*subs: str) -> dict[str, Any]:
@@ -211,7 +215,7 @@ async def test_a_delegation_denial_names_the_actors_and_keeps_the_chain(gate: Ga
 async def test_delegated_jobs_through_rabbitmq(
     start_worker: Any, rabbit: Rabbit, issuer: Issuer, queue_name: str
 ) -> None:
-    await start_worker()
+    await start_worker(DELEGATING)
     allowed = issuer.token(sub="alice", act=chain("agent-x", "orchestrator"))
     denied = issuer.token(sub="alice", act=chain("agent-y", "agent-x"))
     undelegated = issuer.token(sub="alice", act=chain("agent-x"))

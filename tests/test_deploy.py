@@ -45,6 +45,7 @@ from worker.amqp.topology import roles
 from worker.cli import main as cli
 from worker.pipeline.actions import Registry
 from worker.settings import ENV_PREFIX, BrokerSettings, Settings, load_settings
+from worker.support.urls import secure_url
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -227,6 +228,30 @@ def test_the_compose_worker_environment_loads(monkeypatch: pytest.MonkeyPatch) -
     )
     for name in ("REPORTER_CLIENT_SECRET", "READER_CLIENT_SECRET"):
         assert demo[name] == authz[name]
+
+
+def test_the_compose_workers_fetch_keys_over_https_from_an_authority_they_trust(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """warden refuses a JWKS over plain http off loopback: the realm's keys, discovered under
+    its issuer, are served over https by Keycloak with the certificate the ``certs`` service
+    makes, signed by the authority the workers and the demo trust."""
+    services = compose()["services"]
+    (issuer,) = _load_environment(monkeypatch, environment_of(services["worker"])).trusted_issuers()
+    assert secure_url(f"{issuer.issuer}/protocol/openid-connect/certs")
+    authz = services["authz"]
+    assert urlsplit(issuer.issuer).port == int(environment_of(authz)["KC_HTTPS_PORT"])
+    options = dict(arg.split("=", 1) for arg in authz["command"] if "=" in arg)
+    mounted = {v.split(":")[1]: v.split(":")[0] for v in authz["volumes"]}
+    certificate = options["--https-certificate-file"]
+    assert mounted[str(Path(certificate).parent)] == "certs"
+    assert authz["depends_on"]["certs"]["condition"] == "service_completed_successfully"
+    certs = services["certs"]
+    assert {v.split(":")[0]: v.split(":")[1] for v in certs["volumes"]}["certs"] == "/certs"
+    for name in ("worker", "demo"):
+        authority = environment_of(services[name])["SSL_CERT_FILE"]
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in services[name]["volumes"]}
+        assert mounts[str(Path(authority).parent)] == "certs", name
 
 
 def test_workers_wait_for_healthy_services_scale_and_stop_gracefully(

@@ -23,6 +23,7 @@ from tests.support.leaks import assert_no_leak
 from tests.support.rabbit import Rabbit
 from worker import names
 from worker.deadletters import admin
+from worker.settings import BrokerSettings
 
 ROOT = Path(__file__).parent.parent
 
@@ -41,7 +42,12 @@ async def warden(*args: str, env: dict[str, str] | None = None) -> tuple[int, st
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+    except TimeoutError:
+        process.kill()  # a command that does not end must not outlive the test
+        await process.wait()
+        raise
     assert process.returncode is not None
     assert_no_leak(out.decode() + err.decode(), f"the output of warden {' '.join(args[:2])}")
     return process.returncode, out.decode(), err.decode()
@@ -112,7 +118,8 @@ async def test_looking_more_often_than_a_brokers_default_delivery_limit_loses_no
     # delivery; RabbitMQ 4 drops a quorum queue's message after 20 (its default limit).
     await _fill_dead_letters(start_worker, rabbit, issuer, queue_name)
     everything = sum(DENIALS.values())
-    reader = admin.Reader(broker_url, "guest", frozenset({"guest"}))
+    settings = BrokerSettings(broker_url=broker_url)
+    reader = admin.Reader(broker_url, settings.broker_user(), settings.trusted())
     first = [letter.message_id for letter in await admin.letters(reader, queue_name)]
     assert len(set(first)) == everything
     for _ in range(24):

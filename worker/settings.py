@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import re
 import socket
+from dataclasses import dataclass
+from itertools import pairwise
 from typing import Annotated, Any, Literal, Self, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -25,6 +27,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.errors import ConfigurationError
+from worker.support.urls import HTTPS_REQUIRED, secure_url
 
 ENV_PREFIX = "WARDEN_"
 
@@ -49,6 +52,64 @@ def retention_seconds(retention: str) -> int:
     return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """How one kind of authorization server shapes its access tokens (``docs/profiles/``).
+
+    Every field but ``has_aud`` is the default of the ``WARDEN_ISSUERS`` field of that name.
+    """
+
+    accept_typ: tuple[str | None, ...]
+    """``typ`` values accepted besides RFC 9068's; None accepts a token with no ``typ``."""
+    client_id_claims: tuple[str, ...]
+    scope_claims: tuple[str, ...]
+    token_id_claims: tuple[str, ...]
+    required_claims: tuple[str, ...]
+    claim_values: tuple[tuple[str, str], ...] = ()
+    has_aud: bool = True
+    """False where the vendor's access tokens carry no ``aud``: ``clients`` replaces the
+    audience check."""
+
+
+PROFILES: dict[str, Profile] = {
+    "rfc9068": Profile((), ("client_id",), ("scope", "scp"), ("jti",), DEFAULT_REQUIRED_CLAIMS),
+    "keycloak": Profile(
+        ("JWT",),
+        ("azp", "client_id"),
+        ("scope",),
+        ("jti",),
+        ("iss", "exp", "aud", "sub", "azp", "iat", "jti"),
+        (("typ", "Bearer"),),
+    ),
+    "entra": Profile(
+        ("JWT",),
+        ("azp", "appid"),
+        ("scp", "roles"),
+        ("uti", "jti"),
+        ("iss", "exp", "aud", "sub", "azp", "iat", "uti"),
+    ),
+    "auth0": Profile(
+        ("JWT",),
+        ("azp", "client_id"),
+        ("scope", "permissions"),
+        ("jti",),
+        ("iss", "exp", "aud", "sub", "azp", "iat"),
+    ),
+    "okta": Profile(
+        (None,), ("cid",), ("scp",), ("jti",), ("iss", "exp", "aud", "sub", "cid", "iat", "jti")
+    ),
+    "cognito": Profile(
+        (None,),
+        ("client_id",),
+        ("scope",),
+        ("jti",),
+        ("iss", "exp", "sub", "client_id", "iat", "jti", "token_use"),
+        (("token_use", "access"),),
+        has_aud=False,
+    ),
+}
+"""The issuer profiles by name; ``rfc9068`` is the default."""
+
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_:-][A-Za-z0-9_.:-]{0,200}$")
 
 
@@ -70,23 +131,91 @@ def _check_algorithms(value: tuple[str, ...]) -> tuple[str, ...]:
     return value
 
 
+def _check_secure_url(value: AnyHttpUrl | None) -> AnyHttpUrl | None:
+    if value is not None and not secure_url(str(value)):
+        raise ValueError(HTTPS_REQUIRED)
+    return value
+
+
+NonEmpty = Annotated[str, Field(min_length=1)]
+ClaimName = Annotated[str, Field(min_length=1, max_length=256)]
+ClaimNames = Annotated[tuple[ClaimName, ...], Field(min_length=1)]
+
+
 class IssuerSettings(BaseModel):
-    """One trusted authorization server."""
+    """One trusted authorization server: a profile (``PROFILES``), and fields over it."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     issuer: Annotated[str, Field(min_length=1)]
+    profile: Literal["rfc9068", "keycloak", "entra", "auth0", "okta", "cognito"] = "rfc9068"
     jwks_url: AnyHttpUrl | None = None
     audience: str | None = None
+    clients: Annotated[tuple[NonEmpty, ...], Field(min_length=1)] | None = None
+    """The client ids allowed to call warden, where the issuer's tokens carry no ``aud``."""
     algorithms: tuple[str, ...] | None = None
-    accept_typ: tuple[str, ...] = ()
-    required_claims: tuple[str, ...] | None = None
+    accept_typ: tuple[str | None, ...] | None = None
+    client_id_claims: ClaimNames | None = None
+    scope_claims: ClaimNames | None = None
+    token_id_claims: ClaimNames | None = None
+    required_claims: tuple[ClaimName, ...] | None = None
+    claim_values: dict[ClaimName, str] | None = None
     introspection_endpoint: AnyHttpUrl | None = None
+    opaque_prefix: Annotated[str, Field(min_length=1, pattern=r"^[!-~]+$")] | None = None
+    """Opaque tokens that start with it belong to this issuer (and go to its introspection)."""
 
     @field_validator("algorithms")
     @classmethod
     def _algorithms(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
         return None if value is None else _check_algorithms(value)
+
+    @field_validator("jwks_url", "introspection_endpoint")
+    @classmethod
+    def _secure(cls, value: AnyHttpUrl | None) -> AnyHttpUrl | None:
+        return _check_secure_url(value)
+
+    @field_validator("required_claims")
+    @classmethod
+    def _required(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and "exp" not in value:
+            raise ValueError("must name exp: a token that never expires is never accepted")
+        return value
+
+    @model_validator(mode="after")
+    def _audience_or_clients(self) -> Self:
+        if PROFILES[self.profile].has_aud:
+            if self.clients is not None:
+                raise ValueError(
+                    f"clients: {self.profile} tokens carry aud; warden checks the audience"
+                )
+        elif self.clients is None:
+            raise ValueError(
+                f"clients is required: {self.profile} access tokens carry no aud, so the client "
+                "ids allowed to call warden must be listed"
+            )
+        elif self.audience is not None:
+            raise ValueError(f"audience: {self.profile} access tokens carry no aud; list clients")
+        return self
+
+    def resolved(self, audience: str | None, algorithms: tuple[str, ...]) -> IssuerSettings:
+        """This entry with every field its profile presets filled in."""
+        preset = PROFILES[self.profile]
+
+        def given(value: Any, default: Any) -> Any:
+            return default if value is None else value
+
+        return self.model_copy(
+            update={
+                "audience": (self.audience or audience) if preset.has_aud else None,
+                "algorithms": self.algorithms or algorithms,
+                "accept_typ": given(self.accept_typ, preset.accept_typ),
+                "client_id_claims": given(self.client_id_claims, preset.client_id_claims),
+                "scope_claims": given(self.scope_claims, preset.scope_claims),
+                "token_id_claims": given(self.token_id_claims, preset.token_id_claims),
+                "required_claims": given(self.required_claims, preset.required_claims),
+                "claim_values": given(self.claim_values, dict(preset.claim_values)),
+            }
+        )
 
 
 class BrokerSettings(BaseSettings):
@@ -200,6 +329,11 @@ class Settings(BrokerSettings):
     def _algorithms(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return _check_algorithms(value)
 
+    @field_validator("jwks_url", "introspection_endpoint")
+    @classmethod
+    def _secure(cls, value: AnyHttpUrl | None) -> AnyHttpUrl | None:
+        return _check_secure_url(value)
+
     @model_validator(mode="after")
     def _issuers_and_audience(self) -> Self:
         if not self.issuer and not self.issuers:
@@ -209,9 +343,17 @@ class Settings(BrokerSettings):
                 "WARDEN_INTROSPECTION_CLIENT_ID and WARDEN_INTROSPECTION_CLIENT_SECRET go together"
             )
         if self.audience is None and (
-            not self.issuers or any(i.audience is None for i in self.issuers)
+            not self.issuers
+            or any(i.audience is None and PROFILES[i.profile].has_aud for i in self.issuers)
         ):
             raise ValueError("WARDEN_AUDIENCE is required")
+        prefixes = sorted(i.opaque_prefix for i in self.issuers if i.opaque_prefix)
+        for shorter, longer in pairwise(prefixes):
+            if longer.startswith(shorter):
+                raise ValueError(
+                    f"WARDEN_ISSUERS: opaque_prefix {shorter!r} is the start of {longer!r}: "
+                    "an opaque token must belong to one issuer"
+                )
         return self
 
     def retry_tiers(self) -> tuple[int, ...]:
@@ -239,16 +381,7 @@ class Settings(BrokerSettings):
             if entry.issuer in seen:
                 raise ConfigurationError(f"WARDEN_ISSUERS: issuer {entry.issuer!r} is listed twice")
             seen.add(entry.issuer)
-        return tuple(
-            entry.model_copy(
-                update={
-                    "audience": entry.audience or self.audience,
-                    "algorithms": entry.algorithms or self.algorithms,
-                    "required_claims": entry.required_claims or DEFAULT_REQUIRED_CLAIMS,
-                }
-            )
-            for entry in entries
-        )
+        return tuple(entry.resolved(self.audience, self.algorithms) for entry in entries)
 
 
 def _variable(loc: tuple[int | str, ...]) -> str:

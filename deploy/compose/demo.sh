@@ -6,7 +6,7 @@
 set -eu
 
 queue=${DEMO_QUEUE:-jobs}
-token_url=${DEMO_TOKEN_URL:-http://authz:8080/realms/warden/protocol/openid-connect/token}
+token_url=${DEMO_TOKEN_URL:-https://authz:8443/realms/warden/protocol/openid-connect/token}
 audience=${DEMO_AUDIENCE:-https://jobs.example.com}
 worker_url=${DEMO_WORKER_URL:-http://worker:9100}
 : "${REPORTER_CLIENT_SECRET:?set it to the secret of the reporter client}"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.attacks.world import Make, World, answers, attack
+from tests.attacks.world import ALLOWED, Make, World, answers, attack
 from tests.support.issuer import AUDIENCE, DROP
 from worker.pipeline.decision import Gate
 
@@ -79,7 +79,10 @@ ATTACKS: list[Any] = [
     ),
     # registered claims of the wrong type
     attack("exp-string", "token_malformed", lambda w: w.token(exp=str(int(time.time()) + 300))),
-    attack("exp-float", "token_malformed", lambda w: w.token(exp=int(time.time()) + 300.5)),
+    # RFC 7519 section 2: a NumericDate need not be an integer, and a fraction buys no time.
+    attack("exp-float", ALLOWED, lambda w: w.token(exp=int(time.time()) + 300.5)),
+    attack("exp-float-passed", "token_expired", lambda w: w.token(exp=time.time() - 60.5)),
+    attack("nbf-float-ahead", "token_not_yet_valid", lambda w: w.token(nbf=time.time() + 90.5)),
     attack("exp-bool", "token_malformed", lambda w: w.token(exp=True)),
     attack("exp-null", "token_malformed", lambda w: w.token(exp=None)),
     attack("exp-negative", "token_malformed", lambda w: w.token(exp=-1)),

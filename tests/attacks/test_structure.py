@@ -97,7 +97,8 @@ ATTACKS: list[Any] = [
             w.token(scope="admin").rsplit(".", 1)[0] + "." + w.token().rsplit(".", 1)[1]
         ),
     ),
-    attack("truncated-signature", "signature_invalid", lambda w: minted(w.token()[:-8])),
+    # Cut to a whole number of base64 quanta, so the shorter signature is still canonical.
+    attack("truncated-signature", "signature_invalid", lambda w: minted(w.token()[:-2])),
     attack("extended-signature", "signature_invalid", lambda w: minted(w.token() + "AAAA")),
     attack("padded-signature", "token_malformed", lambda w: minted(w.token() + "=")),
     attack(

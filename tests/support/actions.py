@@ -50,12 +50,6 @@ async def read(job: Job) -> None:
     ran.record(job)
 
 
-@action("reports.delegated", scopes={"reports:write"}, actors={"agent-x"})
-async def delegated(job: Job) -> None:
-    """Runs for the subject itself, or with ``agent-x`` as the current actor."""
-    ran.record(job)
-
-
 @action("reports.any_actor", scopes={"reports:write"}, actors=ANY_ACTOR)
 async def any_actor(job: Job) -> None:
     """Runs whoever acts for the subject."""

@@ -106,12 +106,7 @@ class Issuer:
             "jti": uuid.uuid4().hex,
             "scope": "reports:write reports:read",
         }
-        for name, value in overrides.items():
-            if value is DROP:
-                claims.pop(name, None)
-            else:
-                claims[name] = value
-        return claims
+        return overridden(claims, overrides)
 
     def token(
         self,
@@ -133,6 +128,17 @@ class Issuer:
 
 DROP = object()
 """Pass as a claim value to leave that claim out of a token."""
+
+
+def overridden(claims: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``claims`` with ``overrides`` over them; a claim overridden with :data:`DROP` is left out."""
+    out = dict(claims)
+    for name, value in overrides.items():
+        if value is DROP:
+            out.pop(name, None)
+        else:
+            out[name] = value
+    return out
 
 
 def unsigned(header: dict[str, Any], claims: dict[str, Any], signature: bytes = b"") -> str:
@@ -173,6 +179,8 @@ class JwksServer:
         """Introspection answers by token; a token not listed is inactive."""
         self.client = ("warden", "s3cret-introspection")
         self.introspections = 0
+        self.introspected: list[str] = []
+        """Every token posted to an introspection endpoint of this server, in order."""
         self._lock = threading.Condition()
         server = self
 
@@ -203,6 +211,7 @@ class JwksServer:
                 form = parse_qs(self.rfile.read(length).decode())
                 with server._lock:
                     server.requests.append("POST " + self.path)
+                    server.introspected.extend(form.get("token", []))
                     server.introspections += 1
                     server._lock.notify_all()
                 if server.introspection_down or not self.path.endswith("/introspect"):

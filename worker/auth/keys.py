@@ -24,8 +24,12 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 from worker.auth.tokens import VerificationKey
 from worker.errors import FetchError
 from worker.support.backoff import wait_backoff
+from worker.support.urls import HTTPS_REQUIRED, secure_url
 
 log = logging.getLogger("warden.keys")
+
+MIN_RSA_BITS = 2048
+"""RFC 7518 section 3.3 and RFC 8725 section 3.5: a smaller RSA key is no key of the issuer's."""
 
 
 def metadata_urls(issuer: str) -> list[str]:
@@ -69,6 +73,13 @@ def parse_jwks(document: Any, issuer: str) -> dict[str, VerificationKey]:
             log.warning(
                 "jwks key unusable; ignored",
                 extra={"issuer": issuer, "kid": kid, "error": type(exc).__name__},
+            )
+            continue
+        if kty == "RSA" and parsed.key_size < MIN_RSA_BITS:
+            log.warning(
+                "jwks RSA key under %d bits; ignored",
+                MIN_RSA_BITS,
+                extra={"issuer": issuer, "kid": kid, "bits": parsed.key_size},
             )
             continue
         crv = jwk.get("crv") if kty != "RSA" else None
@@ -155,11 +166,12 @@ class IssuerKeys:
         self.fetches += 1
         started = self._wall()
         try:
-            if self.jwks_url is None:
-                self.jwks_url = await self._discover()
-            keys = parse_jwks(
-                await fetch_json(self._http, self.jwks_url, self._attempts), self.issuer
-            )
+            url = self.jwks_url or await self._discover()
+            if not secure_url(url):
+                # Never contacted: keys fetched in the clear could be anyone's.
+                raise FetchError(f"the JWKS URL {url} is refused: {HTTPS_REQUIRED}")
+            self.jwks_url = url
+            keys = parse_jwks(await fetch_json(self._http, url, self._attempts), self.issuer)
         except FetchError as exc:
             self.failures += 1
             log.warning(
@@ -185,8 +197,8 @@ class IssuerKeys:
     async def _discover(self) -> str:
         metadata = await fetch_metadata(self._http, self.issuer, self._attempts)
         jwks_uri = metadata.get("jwks_uri")
-        if not isinstance(jwks_uri, str) or urlsplit(jwks_uri).scheme not in ("http", "https"):
-            raise FetchError(f"the metadata of {self.issuer} has no usable jwks_uri")
+        if not isinstance(jwks_uri, str):
+            raise FetchError(f"the metadata of {self.issuer} has no jwks_uri")
         return jwks_uri
 
 

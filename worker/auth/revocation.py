@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from worker import errors
+from worker.auth.tokens import is_numeric_date
 from worker.errors import InvalidEvent, NotStrictJSON, RevocationListFull
 from worker.support import strictjson
 from worker.support.clock import rfc3339
@@ -159,7 +160,11 @@ class RevocationList:
         return dict(self._entries)
 
     def check(self, claims: Mapping[str, Any], issuer: str) -> None:
-        """Raise :class:`~worker.errors.TokenRevoked` when an entry covers the token."""
+        """Raise :class:`~worker.errors.TokenRevoked` when an entry covers the token.
+
+        ``claims`` name the token's ``jti``, ``sub``, ``client_id`` and ``iat``, read where its
+        issuer puts them (:meth:`~worker.auth.tokens.IssuerPolicy.identity`): an Entra ID token's
+        ``uti`` is its ``jti`` here, an Okta token's ``cid`` its ``client_id``."""
         iat = claims.get("iat")
         for subject in SUBJECTS:
             value = claims.get(subject)
@@ -172,7 +177,7 @@ class RevocationList:
                 before = entry[0]
                 if before is None:
                     raise errors.TokenRevoked(f"the token's jti {value!r} was revoked")
-                if type(iat) is not int or iat < before:
+                if not is_numeric_date(iat) or iat < before:
                     raise errors.TokenRevoked(
                         f"tokens of {subject} {value!r} issued before {_at(before)} were revoked"
                     )

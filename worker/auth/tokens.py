@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 from jwt.algorithms import Algorithm, get_default_algorithms
 
@@ -25,6 +25,12 @@ from worker.support.cache import BoundedCache
 
 _SEGMENT = re.compile(rb"^[A-Za-z0-9_-]*$")
 _FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+_URLSAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_SPARE_BITS = {2: 0b1111, 3: 0b11}
+"""By the length of a segment modulo 4: the bits of its last character that encode nothing.
+RFC 4648 section 3.5: they are zero, so one octet string has one spelling."""
+_SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
+"""A scope-token of RFC 6749 section 3.3."""
 VERIFIERS: dict[str, Algorithm] = {
     name: algorithm
     for name, algorithm in get_default_algorithms().items()
@@ -86,13 +92,61 @@ class KeyLookup(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class IssuerPolicy:
-    """What a token of one trusted issuer must satisfy."""
+    """What a token of one trusted issuer must satisfy, and where its claims say what.
+
+    ``audience`` or ``clients``: where the issuer's tokens carry no ``aud``, the client ids
+    allowed to call warden replace the audience check (``docs/profiles/``).
+    """
 
     issuer: str
-    audience: str
+    audience: str | None
     algorithms: frozenset[str]
-    token_types: frozenset[str]
+    token_types: frozenset[str | None]
+    """Lower-case ``typ`` values; None admits a token without ``typ``."""
     required_claims: tuple[str, ...]
+    client_id_claims: tuple[str, ...] = ("client_id",)
+    """Where the client id is: the first of them the token has."""
+    scope_claims: tuple[str, ...] = ("scope", "scp")
+    """Their union is what the token grants."""
+    token_id_claims: tuple[str, ...] = ("jti",)
+    """Where the token's id is (what a revocation by ``jti`` matches): the first it has."""
+    claim_values: tuple[tuple[str, str], ...] = ()
+    """Claims that must hold exactly this value, or the token is not an access token."""
+    clients: frozenset[str] | None = None
+
+    def client_id(self, claims: Mapping[str, Any]) -> str | None:
+        """The token's client id, from the first of ``client_id_claims`` it carries."""
+        return _first(claims, self.client_id_claims)
+
+    def token_id(self, claims: Mapping[str, Any]) -> str | None:
+        """The token's id, from the first of ``token_id_claims`` it carries."""
+        return _first(claims, self.token_id_claims)
+
+    def scopes(self, claims: Mapping[str, Any]) -> frozenset[str]:
+        """The scopes the token grants: the union of its ``scope_claims``."""
+        return granted_scopes(claims, self.scope_claims)
+
+    def identity(self, claims: Mapping[str, Any]) -> dict[str, Any]:
+        """What revocation events name, read where this issuer puts it: ``jti`` (the token's
+        id), ``sub``, ``client_id``, and ``iat``."""
+        found = {
+            "jti": self.token_id(claims),
+            "sub": claims.get("sub"),
+            "client_id": self.client_id(claims),
+            "iat": claims.get("iat"),
+        }
+        return {name: value for name, value in found.items() if value is not None}
+
+
+def _first(claims: Mapping[str, Any], names: tuple[str, ...]) -> str | None:
+    for name in names:
+        value = claims.get(name)
+        if isinstance(value, str):
+            return value
+    return None
+
+
+RFC9068_TYPES: frozenset[str | None] = frozenset(ACCESS_TOKEN_TYPES)
 
 
 class Trust:
@@ -112,7 +166,7 @@ class Trust:
         """The longest a token may live (``exp`` after ``iat``): what a revocation outlasts."""
         self.max_token_bytes = max_token_bytes
         self.any_algorithm = frozenset().union(*(p.algorithms for p in self.policies.values()))
-        self.default_types = frozenset(ACCESS_TOKEN_TYPES)
+        self.default_types = RFC9068_TYPES
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +212,22 @@ class TokenCheck:
         claims = self.claims
         if claims is not None:
             out.update((k, claims[k]) for k in SUMMARY_CLAIMS if k in claims and k != "act")
+            policy = self.policy
+            if policy is not None:
+                # Where this issuer puts them: what warden calls the client and the token id.
+                for name, value in (
+                    ("client_id", policy.client_id(claims)),
+                    ("jti", policy.token_id(claims)),
+                ):
+                    if value is None:
+                        out.pop(name, None)
+                    else:
+                        out[name] = value
+                if not isinstance(claims.get("scope"), str):
+                    out.pop("scope", None)
+                    scopes = policy.scopes(claims)
+                    if scopes:
+                        out["scope"] = " ".join(sorted(scopes))
             if "act" in claims:
                 out["act"] = actor_claim(actor_chain(claims))
         return out
@@ -195,7 +265,12 @@ def decode_segment(
     data: bytes, what: str, error: type[errors.Denial] = errors.TokenMalformed
 ) -> bytes:
     """One base64url segment of a compact JWS, unpadded as RFC 7515 has it; ``error`` if not."""
-    if not _SEGMENT.fullmatch(data) or len(data) % 4 == 1:
+    spare = _SPARE_BITS.get(len(data) % 4, 0)
+    if (
+        not _SEGMENT.fullmatch(data)
+        or len(data) % 4 == 1
+        or (spare and _URLSAFE.index(data[-1]) & spare)
+    ):
         raise error(f"the {what} is not base64url")
     try:
         # The alphabet is checked above, so the translated segment is plain base64.
@@ -221,8 +296,13 @@ _LAST_NUMERIC_DATE = 253402300799
 """9999-12-31T23:59:59Z: a NumericDate past it is no date (``datetime`` cannot hold it)."""
 
 
-def _is_int(value: object) -> bool:
-    return type(value) is int and 0 <= value <= _LAST_NUMERIC_DATE
+def is_numeric_date(value: object) -> TypeGuard[float]:
+    """An RFC 7519 NumericDate: a JSON number of seconds, integer or not, 1970 to 9999."""
+    return (
+        isinstance(value, int | float)
+        and type(value) is not bool
+        and 0 <= value <= _LAST_NUMERIC_DATE
+    )
 
 
 def _is_str_list(value: object) -> bool:
@@ -230,9 +310,12 @@ def _is_str_list(value: object) -> bool:
 
 
 def _is_actor(value: object) -> bool:
-    """An RFC 8693 ``act``: an object with a string ``sub``, whose ``act``, if any, is one too."""
+    """An RFC 8693 ``act``: an object with a string ``sub`` (and, if any, a string ``iss``, who
+    identifies the actor), whose ``act``, if any, is one too."""
     for _ in range(MAX_ACTORS):
         if not isinstance(value, dict) or not isinstance(value.get("sub"), str):
+            return False
+        if not isinstance(value.get("iss", ""), str):
             return False
         if "act" not in value:
             return True
@@ -249,13 +332,16 @@ _CLAIM_TYPES: dict[str, tuple[str, Any]] = {
     "sub": ("a string", lambda v: isinstance(v, str)),
     "client_id": ("a string", lambda v: isinstance(v, str)),
     "jti": ("a string", lambda v: isinstance(v, str)),
-    "exp": ("an integer NumericDate", _is_int),
-    "nbf": ("an integer NumericDate", _is_int),
-    "iat": ("an integer NumericDate", _is_int),
+    "exp": ("a NumericDate", is_numeric_date),
+    "nbf": ("a NumericDate", is_numeric_date),
+    "iat": ("a NumericDate", is_numeric_date),
     "aud": ("a string or an array of strings", lambda v: isinstance(v, str) or _is_str_list(v)),
     "scope": ("a space-delimited string", lambda v: isinstance(v, str)),
     "scp": ("a string or an array of strings", lambda v: isinstance(v, str) or _is_str_list(v)),
-    "act": (f"an object with a string sub, nesting at most {MAX_ACTORS} actors", _is_actor),
+    "act": (
+        f"an object with a string sub (and iss), nesting at most {MAX_ACTORS} actors",
+        _is_actor,
+    ),
     "cnf": ("an object whose jkt, if any, is a string", _is_confirmation),
 }
 _HEADER_TYPES: dict[str, tuple[str, Any]] = {
@@ -273,9 +359,43 @@ def _check_types(obj: Mapping[str, Any], types: Mapping[str, tuple[str, Any]], w
             raise errors.TokenMalformed(f"{what} {name!r} is not {expected}")
 
 
-def check_claim_types(claims: Mapping[str, Any]) -> None:
-    """Registered claims must have their registered types: TokenMalformed otherwise."""
+def check_claim_types(claims: Mapping[str, Any], policy: IssuerPolicy | None = None) -> None:
+    """Registered claims must have their registered types, and the claims an issuer's policy
+    reads the client, the token id and the scopes from theirs: TokenMalformed otherwise."""
     _check_types(claims, _CLAIM_TYPES, "claim")
+    if policy is None:
+        return
+    for name in (*policy.client_id_claims, *policy.token_id_claims):
+        if name in claims and not isinstance(claims[name], str):
+            raise errors.TokenMalformed(f"claim {name!r} is not a string")
+    for name in policy.scope_claims:
+        value = claims.get(name)
+        if value is not None and not (isinstance(value, str) or _is_str_list(value)):
+            raise errors.TokenMalformed(f"claim {name!r} is not a string or an array of strings")
+
+
+def check_token_kind(header: Mapping[str, Any], types: frozenset[str | None]) -> None:
+    """Check 5 for ``typ``, ``crit`` and ``cty``: an access token, and nothing we cannot read."""
+    typ = header.get("typ")
+    if (typ.lower() if typ is not None else None) not in types:
+        raise errors.TokenTypeInvalid(f"typ {shown(typ)} is not an access-token type")
+    if "crit" in header:
+        raise errors.TokenTypeInvalid(
+            f"crit {shown(header['crit'])} names an extension warden does not understand"
+        )
+    cty = header.get("cty")
+    if cty is not None and cty.lower() in NESTED_TYPES:
+        raise errors.TokenTypeInvalid(f"cty {shown(cty)} announces a nested JWT")
+
+
+def check_claim_values(claims: Mapping[str, Any], policy: IssuerPolicy) -> None:
+    """Check 5 for the issuer's ``claim_values``: the token is the kind warden accepts (an
+    access token, not an ID token or a refresh token of the same issuer)."""
+    for name, value in policy.claim_values:
+        if claims.get(name) != value:
+            raise errors.TokenTypeInvalid(
+                f"claim {name!r} is {shown(claims.get(name))}, not {value!r}: not an access token"
+            )
 
 
 _HEADERS: BoundedCache[bytes, dict[str, Any]] = BoundedCache(256)
@@ -313,6 +433,8 @@ def verify(check: TokenCheck, trust: Trust, keys: KeyLookup, now: float) -> Veri
     header, claims, signing_input, signature = parse(check, trust.max_token_bytes)
     iss = claims.get("iss")
     policy = trust.policies.get(iss) if isinstance(iss, str) else None
+    if policy is not None:
+        check_claim_types(claims, policy)  # 3, for the claims this issuer's tokens are read by
 
     # 4: the algorithm comes from configuration; the header only names which one was used.
     alg = header.get("alg")
@@ -321,17 +443,9 @@ def verify(check: TokenCheck, trust: Trust, keys: KeyLookup, now: float) -> Veri
         raise errors.AlgorithmNotAllowed(f"alg {shown(alg)} is not allowed")
 
     # 5: an access token, not an ID token or another JWT; no extension we do not understand.
-    typ = header.get("typ")
-    types = policy.token_types if policy else trust.default_types
-    if typ is None or typ.lower() not in types:
-        raise errors.TokenTypeInvalid(f"typ {shown(typ)} is not an access-token type")
-    if "crit" in header:
-        raise errors.TokenTypeInvalid(
-            f"crit {shown(header['crit'])} names an extension warden does not understand"
-        )
-    cty = header.get("cty")
-    if cty is not None and cty.lower() in NESTED_TYPES:
-        raise errors.TokenTypeInvalid(f"cty {shown(cty)} announces a nested JWT")
+    check_token_kind(header, policy.token_types if policy else trust.default_types)
+    if policy is not None:
+        check_claim_values(claims, policy)
 
     # 6
     if policy is None:
@@ -384,24 +498,39 @@ def check_claims(
         value = claims.get(name)
         if value is not None and value - leeway > now:
             raise errors.TokenNotYetValid(f"{name} {value} is in the future")
-    aud = claims.get("aud")
-    audiences = (aud,) if isinstance(aud, str) else (aud or ())
-    if policy.audience not in audiences:
-        raise errors.AudienceMismatch(f"aud does not contain {policy.audience!r}")
+    if policy.clients is not None:
+        client = policy.client_id(claims)
+        if client not in policy.clients:
+            raise errors.AudienceMismatch(
+                f"client {shown(client)} is not one of the clients allowed to call warden"
+            )
+    else:
+        aud = claims.get("aud")
+        audiences = (aud,) if isinstance(aud, str) else (aud or ())
+        if policy.audience is None or policy.audience not in audiences:
+            raise errors.AudienceMismatch(f"aud does not contain {policy.audience!r}")
     missing = [name for name in policy.required_claims if name not in claims]
     if missing:
         raise errors.ClaimsMissing("missing required claims: " + " ".join(missing))
 
 
-def granted_scopes(claims: Mapping[str, Any]) -> frozenset[str]:
-    """The union of ``scope`` (space-delimited) and ``scp`` (string or array)."""
+def is_scope_token(value: object) -> bool:
+    """A scope-token of RFC 6749 section 3.3: printable ASCII but space, ``"`` and ``\\``."""
+    return isinstance(value, str) and _SCOPE_TOKEN.fullmatch(value) is not None
+
+
+def granted_scopes(
+    claims: Mapping[str, Any], names: Iterable[str] = ("scope", "scp")
+) -> frozenset[str]:
+    """The union of the claims ``names``, each a string of scopes delimited by U+0020 (and
+    nothing else) or an array of scopes. A scope with a character RFC 6749 section 3.3 does not
+    allow in a scope-token grants nothing."""
     scopes: set[str] = set()
-    scope = claims.get("scope")
-    if isinstance(scope, str):
-        scopes.update(scope.split())
-    scp = claims.get("scp")
-    if isinstance(scp, str):
-        scopes.update(scp.split())
-    elif isinstance(scp, list):
-        scopes.update(s for s in scp if isinstance(s, str))
+    for name in names:
+        value = claims.get(name)
+        if isinstance(value, str):
+            value = value.split(" ")
+        elif not isinstance(value, list):
+            continue
+        scopes.update(s for s in value if is_scope_token(s))
     return frozenset(scopes)

@@ -42,6 +42,15 @@ def _by(reason: str | None, message_id: str | None = None) -> admin.Select:
     return select
 
 
+def _who(letter: Letter) -> str:
+    """The job's client (or subject); what an unverified token claimed is marked as such."""
+    if letter.client_id or letter.sub:
+        return letter.client_id or letter.sub or ""
+    said = letter.unverified or {}
+    claimed = said.get("client_id") or said.get("sub")
+    return f"unverified: {claimed}" if claimed else "-"
+
+
 @click.group()
 def dlq() -> None:
     """Inspect, replay and purge dead letters (looking never disturbs a queue)."""
@@ -89,7 +98,7 @@ def list_(queue: str, reason: str | None, limit: int | None, as_json: bool) -> N
             letter.message_id or "-",
             (letter.reason or "-") if letter.trusted else f"[red]{UNTRUSTED}[/red]",
             letter.action or "-",
-            letter.client_id or letter.sub or "-",
+            _who(letter),
             letter.denied_at or "-",
             letter.detail or "",
         )

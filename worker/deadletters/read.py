@@ -67,7 +67,10 @@ class Letter:
     """The work queue whose dead-letter queue holds it: where a replay sends it."""
     action: str | None
     client_id: str | None
+    """The job's client: only from a token whose signature verified."""
     sub: str | None
+    unverified: Mapping[str, str] | None
+    """``client_id`` and ``sub`` as a token that did not verify claimed them: anyone's say."""
     denied_at: str | None
     detail: str | None
     denial: Mapping[str, Any] | None
@@ -98,6 +101,7 @@ class Letter:
                 action=body_action(body),
                 client_id=None,
                 sub=None,
+                unverified=None,
                 denied_at=None,
                 detail=f"not written by a trusted user (user_id {user_id!r}): not warden's verdict",
                 denial=None,
@@ -108,6 +112,8 @@ class Letter:
         denial = denial if isinstance(denial, Mapping) else None
         token = (denial or {}).get("token")
         token = token if isinstance(token, Mapping) else {}
+        verified = token.get("verified") is True
+        said = {k: v for k in ("client_id", "sub") if isinstance(v := token.get(k), str)}
         death = _broker_death(headers)
         action = (denial or {}).get("action") or body_action(body)
         when = (denial or {}).get("denied_at") or (death or {}).get("time")
@@ -121,8 +127,9 @@ class Letter:
             reason=dead_letter_reason(headers),
             origin=queue,
             action=action if isinstance(action, str) else None,
-            client_id=_text(token.get("client_id")),
-            sub=_text(token.get("sub")),
+            client_id=said.get("client_id") if verified else None,
+            sub=said.get("sub") if verified else None,
+            unverified=said if said and not verified else None,
             denied_at=None if when is None else str(when),
             detail=_text(detail),
             denial=denial,
@@ -148,6 +155,7 @@ class Letter:
             action=self.action,
             client_id=self.client_id,
             sub=self.sub,
+            unverified=None if self.unverified is None else dict(self.unverified),
             denied_at=self.denied_at,
             detail=self.detail,
         )

@@ -117,23 +117,60 @@ _NEVER_KEPT = frozenset(
 
 def kept_headers(headers: Mapping[str, Any], token: str | None) -> dict[str, Any]:
     """The original headers a dead letter keeps: all but ``authorization``, any header that
-    repeats the token, ``x-warden-reason`` and ``x-warden-denial`` (any case), which only
-    warden writes, and ``x-warden-publisher-user``, which the record holds as
-    ``publisher_user``."""
+    repeats the token anywhere in its value (in a string or bytes, at any depth of tables and
+    arrays), ``x-warden-reason`` and ``x-warden-denial`` (any case), which only warden writes,
+    and ``x-warden-publisher-user``, which the record holds as ``publisher_user``.
+
+    The token is ``token`` where the decision read one, and in any case what the
+    ``authorization`` header carries: a job refused before its token was parsed (its body is
+    not a job) must not leak the token through another header either.
+    """
+    secrets = {token} if token else set()
+    for name, value in headers.items():
+        if name.lower() == names.HEADER_AUTHORIZATION:
+            secrets.update(_credentials(value))
     kept: dict[str, Any] = {}
     for name, value in headers.items():
         if name.lower() in _NEVER_KEPT:
             continue
-        if token and isinstance(value, str | bytes) and _contains(value, token):
+        if secrets and _repeats(value, secrets):
             continue
         kept[name] = value
     return kept
 
 
-def _contains(value: str | bytes, token: str) -> bool:
-    if isinstance(value, bytes):
-        return token.encode("ascii", "replace") in value
-    return token in value
+def _credentials(value: object) -> set[str]:
+    """The ``authorization`` header's value and, after its scheme, the credential alone."""
+    if isinstance(value, bytes | bytearray):
+        value = bytes(value).decode("latin-1")
+    if not isinstance(value, str):
+        return set()
+    found = {value.strip(" ")}
+    scheme, _, credential = value.strip(" ").partition(" ")
+    if scheme and credential.strip(" "):
+        found.add(credential.strip(" "))
+    return {text for text in found if text}
+
+
+def _repeats(value: object, secrets: set[str]) -> bool:
+    """Whether ``value``, or anything nested in it, holds one of ``secrets``."""
+    as_bytes = [secret.encode("latin-1", "replace") for secret in secrets]
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if any(secret in item for secret in secrets):
+                return True
+        elif isinstance(item, bytes | bytearray | memoryview):
+            data = bytes(item)
+            if any(secret in data for secret in as_bytes):
+                return True
+        elif isinstance(item, Mapping):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple):
+            pending.extend(item)
+    return False
 
 
 def delivery_limit_denial(delivery: Delivery) -> Denied:

@@ -13,9 +13,11 @@ import inspect
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Final, TypeVar, cast
 
 from worker.auth.principal import Principal
+from worker.auth.tokens import is_scope_token
 from worker.errors import ConfigurationError
 
 ACTION_NAME = re.compile(r"^[a-z][a-z0-9_.:-]{0,127}$")
@@ -33,8 +35,9 @@ class AnyActor:
 ANY_ACTOR: Final = AnyActor()
 """``actors=ANY_ACTOR``: any actor may act for the subject, as long as the scopes are there."""
 
-Actors = frozenset[str] | AnyActor
-"""An action's delegation policy: the actors allowed to act for a subject, or any actor."""
+Actors = frozenset[str] | Mapping[str, frozenset[str]] | AnyActor
+"""An action's delegation policy: the actors allowed to act for a subject, by the issuer that
+identifies them (or, where one issuer is trusted, that issuer's), or any actor."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +69,22 @@ class ActionSpec:
     actors: Actors = frozenset()
     """Who may act for the token's subject (``act.sub``); empty: no delegation at all."""
 
-    def allows_actor(self, actor: str) -> bool:
-        """Whether a token whose current actor (``act.sub``) is ``actor`` may run this action."""
+    def allows_actor(
+        self, actor: str, issuer: str | None = None, token_issuer: str | None = None
+    ) -> bool:
+        """Whether a token whose current actor is ``actor`` (``act.sub``), identified by
+        ``issuer`` (``act.iss``, else the token's own issuer ``token_issuer``), may run this
+        action. A set of names without issuers names actors of the token's own issuer."""
         actors = self.actors
-        return isinstance(actors, AnyActor) or actor in actors
+        if isinstance(actors, AnyActor):
+            return True
+        if isinstance(actors, frozenset):
+            return actor in actors and issuer == token_issuer
+        return issuer is not None and actor in actors.get(issuer, ())
+
+    def actors_without_issuer(self) -> bool:
+        """Whether ``actors`` names actors without saying which issuer identifies them."""
+        return isinstance(self.actors, frozenset) and bool(self.actors)
 
 
 _declared: dict[str, list[ActionSpec]] = {}
@@ -81,7 +96,7 @@ def action(
     *,
     scopes: Iterable[str],
     introspect: bool = False,
-    actors: Iterable[str] | AnyActor = (),
+    actors: Iterable[str] | Mapping[str, Iterable[str]] | AnyActor = (),
 ) -> Callable[[H], H]:
     """Register ``handler`` as the action ``name``, runnable by tokens holding every scope.
 
@@ -90,8 +105,12 @@ def action(
 
     ``actors`` is the delegation policy (check 16) for tokens with an RFC 8693 ``act``
     claim, that is tokens where someone acts for the subject: by default no one may, and a token
-    with ``act`` is denied ``delegation_not_allowed``. ``actors={"agent-x", ...}`` lets exactly
-    those ``act.sub`` values act; :data:`ANY_ACTOR` lets any actor. Only the current actor, the
+    with ``act`` is denied ``delegation_not_allowed``.
+    ``actors={"https://issuer.example/": {"agent-x", ...}}`` lets exactly those ``act.sub`` values
+    act, as that issuer identifies them: the actor's issuer is ``act.iss``, or else the token's
+    own ``iss``, so an ``agent-x`` of another issuer does not match. Where warden trusts one
+    issuer, ``actors={"agent-x", ...}`` names that issuer's actors (with several, it stops
+    start-up). :data:`ANY_ACTOR` lets any actor. Only the current actor, the
     top-level ``act.sub``, counts: a nested ``act`` names prior actors and is informational only
     (RFC 8693 section 4.1), so ``actors={"agent-x"}`` denies a token acted on by ``agent-y``
     even when ``agent-x`` appears further down its chain. A token without ``act`` is the subject
@@ -104,8 +123,12 @@ def action(
             f"action {name!r}: scopes must be a collection of scope names, not one string"
         )
     required = frozenset(scopes)
-    if any(not isinstance(s, str) or not s or " " in s for s in required):
-        raise ConfigurationError(f"action {name!r}: every scope must be a non-empty word")
+    odd = sorted(repr(s) for s in required if not is_scope_token(s))
+    if odd:
+        raise ConfigurationError(
+            f"action {name!r}: scopes {', '.join(odd)} are not RFC 6749 scope-tokens (printable "
+            "ASCII but space, quote and backslash): no token could ever grant them"
+        )
     policy = _actors(name, actors)
 
     def register(handler: H) -> H:
@@ -130,10 +153,23 @@ def action(
 def _actors(name: str, actors: object) -> Actors:
     if isinstance(actors, AnyActor):
         return actors
+    if isinstance(actors, Mapping):
+        by_issuer: dict[str, frozenset[str]] = {}
+        for issuer, names in actors.items():
+            if not isinstance(issuer, str) or not issuer:
+                raise ConfigurationError(
+                    f"action {name!r}: every issuer in actors must be a non-empty string"
+                )
+            by_issuer[issuer] = _actor_names(name, names)
+        return MappingProxyType(by_issuer)
+    return _actor_names(name, actors)
+
+
+def _actor_names(name: str, actors: object) -> frozenset[str]:
     if actors is None or isinstance(actors, str | bytes) or not isinstance(actors, Iterable):
         raise ConfigurationError(
             f"action {name!r}: actors must be a collection of actor names (act.sub values), "
-            "() for no delegation, or ANY_ACTOR"
+            "a mapping of issuers to such collections, () for no delegation, or ANY_ACTOR"
         )
     listed = list(actors)
     if any(not isinstance(a, str) or not a for a in listed):
@@ -188,6 +224,10 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._by_name)
+
+    def actors_without_issuer(self) -> list[str]:
+        """Names of the actions whose ``actors`` name no issuer."""
+        return sorted(n for n, spec in self._by_name.items() if spec.actors_without_issuer())
 
     def introspected(self) -> list[str]:
         """Names of the actions registered with ``introspect=True``."""

@@ -27,6 +27,7 @@ from worker.auth.tokens import (
     TokenCheck,
     Trust,
     Verified,
+    is_numeric_date,
     shown,
     verify,
 )
@@ -73,7 +74,10 @@ class RevocationCheck(Protocol):
     """Check 13 over verified claims."""
 
     def check(self, claims: dict[str, Any], issuer: str) -> None:
-        """Raise TokenRevoked when revoked, or Unavailable when the list cannot be trusted now."""
+        """Raise TokenRevoked when revoked, or Unavailable when the list cannot be trusted now.
+
+        ``claims`` are what revocation events name, read where the issuer puts them
+        (:meth:`~worker.auth.tokens.IssuerPolicy.identity`)."""
         ...
 
 
@@ -155,6 +159,8 @@ def _delegation_detail(spec: ActionSpec, who: Principal) -> str:
         detail = f"action {spec.name!r} allows no delegation, and actor {shown(who.actor)} acts"
     else:
         detail = f"actor {shown(who.actor)} may not act on action {spec.name!r}"
+    if who.actor_issuer != who.issuer:
+        detail += f" (identified by {shown(who.actor_issuer, 120)})"
     detail += f" for subject {shown(who.sub)}"
     if len(who.actor_chain) > 1:
         detail += " (prior actors: " + shown(list(who.actor_chain[1:]), 120) + ")"
@@ -191,6 +197,12 @@ class Gate:
                 "actions " + ", ".join(registry.introspected()) + " need introspection: set "
                 "WARDEN_INTROSPECTION_CLIENT_ID and WARDEN_INTROSPECTION_CLIENT_SECRET"
             )
+        if len(trust.policies) > 1 and registry.actors_without_issuer():
+            raise errors.ConfigurationError(
+                "actions " + ", ".join(registry.actors_without_issuer()) + " name actors "
+                "without their issuer while several issuers are trusted: write "
+                'actors={"<issuer>": {"<act.sub>", ...}}'
+            )
 
     async def decide(self, delivery: Delivery) -> Verdict:
         """The verdict on one message; raises :class:`~worker.errors.Unavailable` to wait."""
@@ -206,11 +218,13 @@ class Gate:
                 verified = await introspector.verify_opaque(check.raw)
                 check.claims, check.verified = verified.claims, True
                 check.policy = verified.policy
-                who = principal(verified.claims, verified.policy.issuer)
+                who = principal(verified.claims, verified.policy)
             else:
                 verified, who = await self._verify(check)
             if self.revocations is not None:
-                self.revocations.check(verified.claims, verified.policy.issuer)
+                self.revocations.check(
+                    verified.policy.identity(verified.claims), verified.policy.issuer
+                )
             spec = self.registry.get(request.action)
             if spec is None:
                 raise errors.ActionUnknown(f"no action {request.action!r} is registered")
@@ -222,7 +236,9 @@ class Gate:
                     f"action {spec.name!r} requires scopes missing from the token: "
                     + " ".join(sorted(lacking))
                 )
-            if who.actor is not None and not spec.allows_actor(who.actor):
+            if who.actor is not None and not spec.allows_actor(
+                who.actor, who.actor_issuer, who.issuer
+            ):
                 raise errors.DelegationNotAllowed(_delegation_detail(spec, who))
             if "cnf" in verified.claims:
                 check_proof(
@@ -254,7 +270,7 @@ class Gate:
         cache = self.cache
         if cache is None:
             verified = await self._verify_fully(check)
-            return verified, principal(verified.claims, verified.policy.issuer)
+            return verified, principal(verified.claims, verified.policy)
         digest = check.digest()
         now = self.clock()
         entry = cache.get(digest, now)
@@ -267,10 +283,10 @@ class Gate:
             cache.pop(digest)  # the key that verified it was withdrawn: check it afresh
         verified = await self._verify_fully(check)
         exp = verified.claims.get("exp")
-        until = exp + self.trust.leeway if type(exp) is int else now + NO_EXP_CACHE_SECONDS
+        until = exp + self.trust.leeway if is_numeric_date(exp) else now + NO_EXP_CACHE_SECONDS
         header = check.header or {}
         key = self.keys.key(verified.policy.issuer, header.get("kid", ""))
-        who = principal(verified.claims, verified.policy.issuer)
+        who = principal(verified.claims, verified.policy)
         cache.remember(digest, Entry(verified, who, header, key, until))
         return verified, who
 
@@ -304,6 +320,6 @@ class Gate:
         """
         iat = (check.claims or {}).get("iat")
         fetched = self.keys.fetched_at(issuer)
-        if type(iat) is not int or fetched is None:
+        if not is_numeric_date(iat) or fetched is None:
             return False
         return iat <= self.clock() + self.trust.leeway and fetched <= iat + 1

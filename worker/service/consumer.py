@@ -345,7 +345,12 @@ class Consumer:
     def _log_denial(self, delivery: Delivery, denied: Denied) -> None:
         if not log.isEnabledFor(logging.INFO):
             return
-        claims = (denied.token.claims if denied.token else None) or {}
+        token = denied.token
+        said: dict[str, Any] = {}
+        if token is not None and token.claims is not None:
+            summary = token.summary()
+            said = {k: summary[k] for k in ("client_id", "jti") if k in summary}
+        verified = token is not None and token.verified
         log.info(
             "denied",
             extra={
@@ -354,8 +359,10 @@ class Consumer:
                 "action": denied.action,
                 "reason": denied.denial.reason,
                 "detail": denied.denial.detail,
-                "client_id": claims.get("client_id"),
-                "jti": claims.get("jti"),
+                "client_id": said.get("client_id") if verified else None,
+                "jti": said.get("jti") if verified else None,
+                # A token that did not verify says what anyone may write: never the job's client.
+                "unverified": said if said and not verified else None,
                 "traceparent": delivery.headers.get(names.HEADER_TRACEPARENT),
             },
         )
