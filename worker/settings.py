@@ -185,6 +185,8 @@ class Settings(BrokerSettings):
     introspection_endpoint: AnyHttpUrl | None = None
     introspection_cache_seconds: Annotated[float, Field(ge=0)] = 60.0
     shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 30.0
+    action_threads: Annotated[int, Field(ge=1, le=256)] = 4
+    """Threads that run blocking (plain ``def``) actions; more such jobs wait for a free one."""
     retry_base_seconds: Annotated[float, Field(ge=0.01)] = 1.0
     retry_max_seconds: Annotated[float, Field(gt=0)] = 300.0
     defer_max_seconds: Annotated[float, Field(gt=0)] = 30.0

@@ -1,9 +1,11 @@
 """Actions: the protected work a job asks for, registered with :func:`action` (``docs/actions.md``).
 
-The decorator checks what it can at import (a coroutine function, a ``scopes`` argument, a
-valid name, a delegation policy); :meth:`Registry.from_modules` imports the modules
-``WARDEN_ACTIONS`` names at start-up and refuses duplicate names there, so a bad registry never
-meets its first message.
+The decorator checks what it can at import (a function, a ``scopes`` argument, a valid name, a
+delegation policy); :meth:`Registry.from_modules` imports the modules ``WARDEN_ACTIONS`` names at
+start-up and refuses duplicate names there, so a bad registry never meets its first message.
+
+A coroutine function runs on the event loop; a plain function is blocking code and runs in the
+worker's pool of threads (``WARDEN_ACTION_THREADS``).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class Job:
     redelivered: bool = False
 
 
-Handler = Callable[[Job], Awaitable[None]]
+Handler = Callable[[Job], Awaitable[None]] | Callable[[Job], None]
 H = TypeVar("H", bound=Handler)
 
 
@@ -65,11 +67,18 @@ class ActionSpec:
     """Ask the issuer (RFC 7662) whether the token is still active before every run."""
     actors: Actors = frozenset()
     """Who may act for the token's subject (``act.sub``); empty: no delegation at all."""
+    blocking: bool = False
+    """A plain function: it runs in a thread of the pool, not on the event loop."""
 
     def allows_actor(self, actor: str) -> bool:
         """Whether a token whose current actor (``act.sub``) is ``actor`` may run this action."""
         actors = self.actors
         return isinstance(actors, AnyActor) or actor in actors
+
+    def call(self, job: Job) -> Callable[[], Any]:
+        """The handler bound to its job, ready to be called (or awaited, if a coroutine)."""
+        handler = self.handler
+        return lambda: handler(job)
 
 
 _declared: dict[str, list[ActionSpec]] = {}
@@ -109,22 +118,29 @@ def action(
     policy = _actors(name, actors)
 
     def register(handler: H) -> H:
-        if not inspect.iscoroutinefunction(handler):
-            raise ConfigurationError(
-                f"action {name!r}: {handler.__qualname__} must be an async function"
-            )
+        if not inspect.isfunction(handler):
+            raise ConfigurationError(f"action {name!r}: {handler!r} is not a function")
         spec = ActionSpec(
             name,
             required,
-            cast(Handler, handler),
+            handler,
             handler.__module__,
             introspect=introspect,
             actors=policy,
+            blocking=not _is_coroutine_function(handler),
         )
         _declared.setdefault(spec.module, []).append(spec)
         return cast(H, handler)
 
     return register
+
+
+def _is_coroutine_function(handler: Callable[..., Any]) -> bool:
+    """A coroutine function, or a plain wrapper (``functools.wraps``) around one that returns
+    its coroutine: either is awaited on the loop, never called in a thread."""
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        inspect.unwrap(handler)
+    )
 
 
 def _actors(name: str, actors: object) -> Actors:
@@ -172,7 +188,7 @@ class Registry:
         return cls(specs)
 
     @classmethod
-    def of(cls, *handlers: Handler) -> Registry:
+    def of(cls, *handlers: Callable[..., Any]) -> Registry:
         """A registry of exactly these decorated handlers (for embedding and tests)."""
         wanted = set(handlers)
         specs = [s for found in _declared.values() for s in found if s.handler in wanted]

@@ -19,10 +19,11 @@ from worker.errors import PublishFailed, Unavailable
 from worker.ops.metrics import UNREGISTERED, Metrics
 from worker.pipeline.decision import Denied, Gate
 from worker.pipeline.delivery import Delivery
-from worker.pipeline.execution import run_action
+from worker.pipeline.execution import ActionThreads, run_action
 from worker.pipeline.outcomes import Again, DeadLetter, Defer, Done, Outcome
 from worker.settings import Settings
 from worker.support.backoff import backoff
+from worker.support.threads import Threads
 
 log = logging.getLogger("warden.consumer")
 
@@ -53,6 +54,8 @@ class Consumer:
     ) -> None:
         self.gate = gate
         self.metrics = metrics or Metrics()
+        self.threads: ActionThreads = Threads(settings.action_threads, "warden-action")
+        """Where blocking actions run."""
         self._allowed_level = logging.getLevelName(settings.log_allowed_level)
         self.settings = settings
         self._publisher = publisher
@@ -133,7 +136,7 @@ class Consumer:
                 },
             )
         started = time.perf_counter()
-        outcome = await run_action(verdict, self.settings.max_attempts)
+        outcome = await run_action(verdict, self.settings.max_attempts, self.threads)
         metrics.action_seconds.labels(queue, job.action, _action_outcome(outcome)).observe(
             time.perf_counter() - started
         )

@@ -55,6 +55,22 @@ def steady_collector() -> None:
     gc.set_threshold(YOUNG_COLLECTION_EVERY, middle, oldest)
 
 
+def _report_unfinished(consumer: Consumer) -> None:
+    """Name each blocking action still running after the grace period. A thread cannot be
+    stopped: it runs on until the process exits, and its job, never acked, goes back to its
+    queue when the channel closes."""
+    for (action, message_id), seconds in consumer.threads.running():
+        log.warning(
+            "a blocking action did not finish within the grace period; its job returns to the "
+            "queue",
+            extra={
+                "action": action,
+                "message_id": message_id,
+                "running_seconds": round(seconds, 3),
+            },
+        )
+
+
 async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
     """Wait until the first of ``waits`` is done; cancel the others."""
     tasks = [asyncio.ensure_future(w) for w in waits]
@@ -98,6 +114,7 @@ class Worker:
         self.metrics.watch(
             StateCollector(
                 in_flight=lambda: len(self.consumer.in_flight) if self.consumer else 0,
+                threads_busy=lambda: self.consumer.threads.busy() if self.consumer else 0,
                 revocation_entries=lambda: len(self.feed.revocations) if self.feed else 0,
                 revocation_faults=lambda: self.feed.faults if self.feed else 0,
                 revocations_untrusted=lambda: self.feed.untrusted if self.feed else 0,
@@ -226,8 +243,10 @@ class Worker:
         await subscriptions.stop()
         if consumer.in_flight:
             await asyncio.wait(set(consumer.in_flight), timeout=settings.shutdown_grace_seconds)
+        _report_unfinished(consumer)
         for task in set(consumer.in_flight):
             task.cancel()
+        consumer.threads.close()
         await consumer.flushed()
         for open_channel in (publisher, channel):
             with contextlib.suppress(*TRANSPORT_ERRORS):
