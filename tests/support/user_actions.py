@@ -1,12 +1,14 @@
-"""Actions written as users coming from other job queues write them: blocking functions.
-They record into :data:`seen`, which threads may write to."""
+"""Actions written as users coming from other job queues write them: blocking functions and
+typed payloads. Blocking ones record into :data:`seen`, which threads may write to."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field
 
 from worker import Job, action
 
@@ -53,6 +55,24 @@ class Seen:
 seen = Seen()
 
 
+class Customer(BaseModel):
+    email: str
+    vip: bool = False
+
+
+class Order(BaseModel):
+    """An order to place."""
+
+    sku: str
+    quantity: Annotated[int, Field(gt=0)]
+    customer: Customer
+
+
+class Cancellation(BaseModel):
+    order_id: int
+    reason: str = ""
+
+
 @action("blocking.sleep", scopes=set())
 def sleep_a_while(job: Job) -> None:
     """Blocks its thread for SLEEP_SECONDS, as blocking library code does."""
@@ -74,3 +94,21 @@ def never_finishes(job: Job) -> None:
     """Blocks until the test ends (``seen.stuck``), far past any grace period."""
     seen.entered.set()
     seen.stuck.wait(60)
+
+
+@action("orders.place", scopes={"orders:write"})
+async def place(job: Job[Order]) -> None:
+    """Place an order."""
+    seen.record(job, job.payload)
+
+
+@action("orders.ship", scopes={"orders:write"})
+def ship(job: Job[Order]) -> None:
+    """Ship an order (blocking code, with a typed payload)."""
+    seen.record(job, job.payload)
+
+
+@action("orders:cancel", scopes={"orders:write", "orders:cancel"})
+async def cancel(job: Job, payload: Cancellation) -> None:
+    """Cancel an order."""
+    seen.record(job, payload)

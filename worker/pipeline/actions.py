@@ -1,11 +1,14 @@
 """Actions: the protected work a job asks for, registered with :func:`action` (``docs/actions.md``).
 
 The decorator checks what it can at import (a function, a ``scopes`` argument, a valid name, a
-delegation policy); :meth:`Registry.from_modules` imports the modules ``WARDEN_ACTIONS`` names at
-start-up and refuses duplicate names there, so a bad registry never meets its first message.
+delegation policy, the payload model its annotations name); :meth:`Registry.from_modules`
+imports the modules ``WARDEN_ACTIONS`` names at start-up and refuses duplicate names there, so
+a bad registry never meets its first message.
 
 A coroutine function runs on the event loop; a plain function is blocking code and runs in the
-worker's pool of threads (``WARDEN_ACTION_THREADS``).
+worker's pool of threads (``WARDEN_ACTION_THREADS``). An action whose job is annotated
+``Job[Model]``, or that takes ``payload: Model``, with ``Model`` a pydantic model, is handed
+the validated model instance; a payload that does not fit is denied ``payload_invalid``.
 """
 
 from __future__ import annotations
@@ -13,12 +16,16 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import typing
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, Generic, TypeVar, cast
+
+from pydantic import BaseModel, ValidationError
+from typing_extensions import TypeVar as DefaultedTypeVar
 
 from worker.auth.principal import Principal
-from worker.errors import ConfigurationError
+from worker.errors import ConfigurationError, PayloadInvalid
 
 ACTION_NAME = re.compile(r"^[a-z][a-z0-9_.:-]{0,127}$")
 
@@ -39,20 +46,27 @@ Actors = frozenset[str] | AnyActor
 """An action's delegation policy: the actors allowed to act for a subject, or any actor."""
 
 
+P = DefaultedTypeVar("P", default=Mapping[str, Any])
+"""What ``job.payload`` is: the JSON object as sent, or the instance of the action's model."""
+
+
 @dataclass(frozen=True, slots=True)
-class Job:
+class Job(Generic[P]):
     """What an action is handed: the job, never the token that carried it."""
 
     id: str
     action: str
-    payload: Mapping[str, Any]
+    payload: P
     principal: Principal
     attempt: int = 1
     redelivered: bool = False
 
 
-Handler = Callable[[Job], Awaitable[None]] | Callable[[Job], None]
+Handler = Callable[..., Awaitable[None]] | Callable[..., None]
 H = TypeVar("H", bound=Handler)
+
+MAX_FIELDS_SHOWN = 10
+"""A ``payload_invalid`` detail names at most this many failing fields."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,16 +83,49 @@ class ActionSpec:
     """Who may act for the token's subject (``act.sub``); empty: no delegation at all."""
     blocking: bool = False
     """A plain function: it runs in a thread of the pool, not on the event loop."""
+    model: type[BaseModel] | None = None
+    """The pydantic model the payload must fit, or None to hand the JSON object as it is."""
+    model_argument: bool = False
+    """The model instance is passed as ``payload=``; otherwise it is ``job.payload``."""
 
     def allows_actor(self, actor: str) -> bool:
         """Whether a token whose current actor (``act.sub``) is ``actor`` may run this action."""
         actors = self.actors
         return isinstance(actors, AnyActor) or actor in actors
 
-    def call(self, job: Job) -> Callable[[], Any]:
-        """The handler bound to its job, ready to be called (or awaited, if a coroutine)."""
+    def read_payload(self, payload: dict[str, Any]) -> Any:
+        """The payload as the action takes it: validated into its model, or as it is.
+
+        Raises :class:`~worker.errors.PayloadInvalid` naming each failing field by its path and
+        pydantic's error type, never by the value it held.
+        """
+        model = self.model
+        if model is None:
+            return payload
+        try:
+            return model.model_validate(payload)
+        except ValidationError as exc:
+            raise PayloadInvalid(_failing_fields(model, exc)) from None
+
+    def call(self, job: Job[Any], payload: Any) -> Callable[[], Any]:
+        """The handler bound to its arguments, ready to be called (or awaited, if a coroutine)."""
         handler = self.handler
+        if self.model_argument:
+            return lambda: handler(job, payload=payload)
         return lambda: handler(job)
+
+
+def _failing_fields(model: type[BaseModel], error: ValidationError) -> str:
+    """``the payload does not fit Model: a.0.b (missing), c (int_parsing)``: paths and error
+    types only, so that no value a publisher sent is written into a dead letter's detail."""
+    found = error.errors(include_url=False, include_context=False, include_input=False)
+    fields = [
+        f"{'.'.join(str(part) for part in item['loc']) or '(the payload)'} ({item['type']})"
+        for item in found[:MAX_FIELDS_SHOWN]
+    ]
+    more = len(found) - len(fields)
+    listed = ", ".join(fields) + (f" and {more} more" if more else "")
+    return f"the payload does not fit {model.__name__}: {listed}"
 
 
 _declared: dict[str, list[ActionSpec]] = {}
@@ -120,6 +167,7 @@ def action(
     def register(handler: H) -> H:
         if not inspect.isfunction(handler):
             raise ConfigurationError(f"action {name!r}: {handler!r} is not a function")
+        model, model_argument = _payload_model(name, handler)
         spec = ActionSpec(
             name,
             required,
@@ -128,11 +176,59 @@ def action(
             introspect=introspect,
             actors=policy,
             blocking=not _is_coroutine_function(handler),
+            model=model,
+            model_argument=model_argument,
         )
         _declared.setdefault(spec.module, []).append(spec)
         return cast(H, handler)
 
     return register
+
+
+def _payload_model(name: str, handler: Callable[..., Any]) -> tuple[type[BaseModel] | None, bool]:
+    """The model a handler's annotations name for its payload: ``job: Job[Model]`` or
+    ``payload: Model``. Returns the model (or None) and whether it is the ``payload`` argument."""
+    parameters = list(inspect.signature(handler).parameters.values())
+    if not parameters or parameters[0].kind not in (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    ):
+        raise ConfigurationError(f"action {name!r}: {handler.__qualname__} must take the job first")
+    first = parameters[0].name
+    as_argument = any(p.name == "payload" for p in parameters[1:])
+    try:
+        hints = typing.get_type_hints(handler)
+    except Exception as exc:
+        raw = inspect.get_annotations(handler)
+        if not as_argument and "[" not in str(raw.get(first, "")):
+            return None, False  # nothing here names a model: the annotations need not resolve
+        raise ConfigurationError(
+            f"action {name!r}: the annotations of {handler.__qualname__} cannot be resolved "
+            f"({type(exc).__name__}: {exc}); the payload model must be importable at run time"
+        ) from exc
+    job_model = next(iter(typing.get_args(hints.get(first))), None)
+    if job_model is not None and typing.get_origin(hints.get(first)) is not Job:
+        job_model = None
+    if as_argument:
+        argument = hints.get("payload")
+        if not _is_model(argument):
+            raise ConfigurationError(
+                f"action {name!r}: the payload argument of {handler.__qualname__} must be "
+                "annotated with a pydantic model"
+            )
+        if job_model is not None and job_model is not argument:
+            raise ConfigurationError(
+                f"action {name!r}: {handler.__qualname__} names two payload models"
+            )
+        return cast(type[BaseModel], argument), True
+    untyped = (Mapping, dict)
+    if job_model is None or job_model in untyped or typing.get_origin(job_model) in untyped:
+        return None, False
+    if not _is_model(job_model):
+        raise ConfigurationError(
+            f"action {name!r}: Job[...] of {handler.__qualname__} must name a pydantic model"
+        )
+    return cast(type[BaseModel], job_model), False
 
 
 def _is_coroutine_function(handler: Callable[..., Any]) -> bool:
@@ -141,6 +237,10 @@ def _is_coroutine_function(handler: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
         inspect.unwrap(handler)
     )
+
+
+def _is_model(annotation: object) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 def _actors(name: str, actors: object) -> Actors:
@@ -212,3 +312,7 @@ class Registry:
     def names(self) -> list[str]:
         """Registered action names, sorted."""
         return sorted(self._by_name)
+
+    def specs(self) -> list[ActionSpec]:
+        """Every registered action, sorted by name."""
+        return [self._by_name[name] for name in self.names()]

@@ -29,7 +29,7 @@ async def run_action(allowed: Allowed, max_attempts: int, threads: ActionThreads
     ``max_attempts`` in all. Cancellation propagates (a blocking action's thread runs on, and
     its result is dropped)."""
     job, spec = allowed.job, allowed.spec
-    call = spec.call(job)
+    call = spec.call(job, allowed.payload)
     try:
         if spec.blocking:
             await threads.run(call, (job.action, job.id))
