@@ -253,6 +253,34 @@ class Settings(BrokerSettings):
         )
 
 
+class TracingSettings(BaseSettings):
+    """The standard OpenTelemetry variables that say whether ``warden run`` makes spans, and
+    where they go; the SDK and the exporters read the rest of ``OTEL_*`` themselves."""
+
+    model_config = SettingsConfigDict(env_prefix="OTEL_", frozen=True, extra="ignore")
+
+    sdk_disabled: bool = False
+    traces_exporter: Annotated[tuple[str, ...], NoDecode] = ()
+    exporter_otlp_endpoint: str | None = None
+    exporter_otlp_traces_endpoint: str | None = None
+
+    @field_validator("traces_exporter", mode="before")
+    @classmethod
+    def _exporter_list(cls, value: object) -> object:
+        return _split(value)
+
+    def exporters(self) -> tuple[str, ...]:
+        """The span exporters asked for: ``OTEL_TRACES_EXPORTER``, or ``otlp`` when only an OTLP
+        endpoint is set; none when neither is, or ``OTEL_SDK_DISABLED`` is true."""
+        if self.sdk_disabled:
+            return ()
+        if self.traces_exporter:
+            return tuple(name for name in self.traces_exporter if name != "none")
+        if self.exporter_otlp_endpoint or self.exporter_otlp_traces_endpoint:
+            return ("otlp",)
+        return ()
+
+
 def _variable(loc: tuple[int | str, ...]) -> str:
     if not loc:
         return "configuration"

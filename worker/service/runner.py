@@ -25,6 +25,7 @@ from worker.auth.setup import build_introspector, build_keyring, build_trust
 from worker.auth.verified import VerifiedTokens
 from worker.ops.health import Check, HealthServer
 from worker.ops.metrics import Metrics, StateCollector
+from worker.ops.tracing import NO_TRACING, Tracing
 from worker.pipeline.actions import Registry
 from worker.pipeline.decision import Gate
 from worker.service.consumer import Consumer
@@ -109,6 +110,8 @@ class Worker:
     revocations: RevocationList | None = None
     """The list the feed fills (by default one of ``WARDEN_REVOCATION_MAX_ENTRIES``; given by
     tests that inject faults into it)."""
+    tracing: Tracing = NO_TRACING
+    """Where the spans of jobs go (``warden run``: as the ``OTEL_*`` variables say)."""
 
     def __post_init__(self) -> None:
         self.metrics.watch(
@@ -215,7 +218,9 @@ class Worker:
         if stop.is_set():
             return
 
-        consumer = self.consumer = Consumer(gate, settings, publisher, metrics=self.metrics)
+        consumer = self.consumer = Consumer(
+            gate, settings, publisher, metrics=self.metrics, tracing=self.tracing
+        )
         handlers = {name: partial(consumer.on_message, name) for name in queues}
         for name in queues:
             # What the broker dead-lettered (the delivery limit) is written into the dead-letter
