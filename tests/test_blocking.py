@@ -68,13 +68,21 @@ async def test_a_sleeping_blocking_action_holds_up_neither_other_jobs_nor_the_he
     assert await rabbit.depth(queue_name) == 0
 
 
+async def running(
+    start_worker: Any, rabbit: Rabbit, issuer: Issuer, queue: str, action: str, grace: float
+) -> tuple[Any, str | None]:
+    """A worker with ``grace`` seconds of shutdown grace, once it runs a job of ``action``."""
+    handle = await start_worker(REGISTRY, shutdown_grace_seconds=grace)
+    mid = await rabbit.job(queue, action, issuer.token(scope=""))
+    await seen.wait_entered()
+    return handle, mid
+
+
 @pytest.mark.broker
 async def test_shutdown_waits_for_a_running_blocking_action_within_the_grace_period(
     start_worker: Any, rabbit: Rabbit, issuer: Issuer, queue_name: str, logwatch: LogWatch
 ) -> None:
-    handle = await start_worker(REGISTRY, shutdown_grace_seconds=20)
-    mid = await rabbit.job(queue_name, "blocking.gated", issuer.token(scope=""))
-    await seen.wait_entered()
+    handle, mid = await running(start_worker, rabbit, issuer, queue_name, "blocking.gated", 20)
     handle.stop_event.set()
     await logwatch.wait_for(lambda r: r.getMessage().startswith("stopping: no new messages"))
     seen.gate.set()
@@ -89,9 +97,7 @@ async def test_shutdown_waits_for_a_running_blocking_action_within_the_grace_per
 async def test_shutdown_names_the_blocking_actions_that_did_not_finish_and_returns_their_jobs(
     start_worker: Any, rabbit: Rabbit, issuer: Issuer, queue_name: str, logwatch: LogWatch
 ) -> None:
-    handle = await start_worker(REGISTRY, shutdown_grace_seconds=0.5)
-    mid = await rabbit.job(queue_name, "blocking.stuck", issuer.token(scope=""))
-    await seen.wait_entered()
+    handle, mid = await running(start_worker, rabbit, issuer, queue_name, "blocking.stuck", 0.5)
     await handle.stop()
 
     [record] = [r for r in logwatch.records if "did not finish" in r.getMessage()]

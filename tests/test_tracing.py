@@ -74,17 +74,28 @@ def traced_blocking(job: Job) -> None:
 REGISTRY = Registry.from_modules(["tests.support.actions"])
 
 
+async def one_job(
+    start_worker: Any,
+    rabbit: Rabbit,
+    queue: str,
+    spans: Any,
+    action: str,
+    token: str,
+    registry: Registry = REGISTRY,
+) -> tuple[str | None, dict[str, ReadableSpan]]:
+    """Run one job of ``action`` published with a ``traceparent``; its message id and spans."""
+    exporter, ended, provider = spans
+    await start_worker(registry, tracing=OpenTelemetry(provider))
+    mid = await rabbit.job(queue, action, token, headers={"traceparent": TRACEPARENT})
+    await ended.wait_for(1)
+    return mid, {span.name: span for span in exporter.get_finished_spans()}
+
+
 async def test_one_job_gives_its_span_linked_to_the_publisher_with_decision_and_action(
     start_worker: Any, rabbit: Rabbit, issuer: Issuer, queue_name: str, spans: Any
 ) -> None:
-    exporter, ended, provider = spans
-    await start_worker(tracing=OpenTelemetry(provider))
     token = issuer.token(scope="reports:read")
-    mid = await rabbit.job(queue_name, "reports.read", token, headers={"traceparent": TRACEPARENT})
-    await ended.wait_for(1)
-
-    finished = exporter.get_finished_spans()
-    by_name = {span.name: span for span in finished}
+    mid, by_name = await one_job(start_worker, rabbit, queue_name, spans, "reports.read", token)
     assert sorted(by_name) == ["action", "decide", f"process {queue_name}"]
     job, decide, act = by_name[f"process {queue_name}"], by_name["decide"], by_name["action"]
     assert job.kind == trace.SpanKind.CONSUMER
@@ -107,7 +118,7 @@ async def test_one_job_gives_its_span_linked_to_the_publisher_with_decision_and_
     }
     assert decide.attributes == {"warden.decision": "allowed"}
     assert act.attributes == {"warden.action": "reports.read", "warden.action.outcome": "done"}
-    for span in finished:
+    for span in by_name.values():
         assert_no_leak(span.to_json(), f"span {span.name}")
         assert token not in span.to_json()
 
@@ -115,13 +126,8 @@ async def test_one_job_gives_its_span_linked_to_the_publisher_with_decision_and_
 async def test_a_denied_job_says_why_and_holds_no_token(
     start_worker: Any, rabbit: Rabbit, issuer: Issuer, queue_name: str, spans: Any
 ) -> None:
-    exporter, ended, provider = spans
-    await start_worker(tracing=OpenTelemetry(provider))
     token = issuer.token(scope="reports:read")
-    await rabbit.job(queue_name, "admin.purge", token, headers={"traceparent": TRACEPARENT})
-    await ended.wait_for(1)
-
-    by_name = {span.name: span for span in exporter.get_finished_spans()}
+    _, by_name = await one_job(start_worker, rabbit, queue_name, spans, "admin.purge", token)
     assert sorted(by_name) == ["decide", f"process {queue_name}"], "no action ran"
     job, decide = by_name[f"process {queue_name}"], by_name["decide"]
     assert job.attributes["warden.outcome"] == "dead_lettered"
@@ -138,14 +144,13 @@ async def test_a_denied_job_says_why_and_holds_no_token(
 async def test_a_blocking_action_runs_with_its_action_span_current(
     start_worker: Any, rabbit: Rabbit, issuer: Issuer, queue_name: str, spans: Any
 ) -> None:
-    exporter, ended, provider = spans
     inner.clear()
     seen.reset()
-    await start_worker(Registry.of(traced_blocking), tracing=OpenTelemetry(provider))
-    await rabbit.job(queue_name, "traced.blocking", issuer.token(scope="reports:read"))
-    await ended.wait_for(1)
-
-    by_name = {span.name: span for span in exporter.get_finished_spans()}
+    token = issuer.token(scope="reports:read")
+    registry = Registry.of(traced_blocking)
+    _, by_name = await one_job(
+        start_worker, rabbit, queue_name, spans, "traced.blocking", token, registry
+    )
     assert inner == [by_name["action"].context], "spans made by the action nest under it"
     assert seen.threads[0].startswith("warden-action-")
 
