@@ -81,6 +81,9 @@ async def test_warden_asyncapi_writes_a_valid_asyncapi_3_document_of_the_worker(
     channels, operations = document["channels"], document["operations"]
     assert {"jobs", "billing:eu", "jobs.dlq", "billing:eu.dlq", "warden.dlx"} == set(channels)
     assert "orders:cancel" in channels["billing:eu"]["messages"]
+    jobs = channels["billing:eu"]["bindings"]["amqp"]
+    assert (jobs["is"], jobs["exchange"]["name"]) == ("routingKey", "warden.jobs")
+    assert channels["billing:eu"]["address"] == "billing:eu", "the routing key: the queue's name"
 
     # A typed action: its message's payload is its model's schema.
     place = resolve(document, channels["jobs"]["messages"]["orders.place"]["$ref"])

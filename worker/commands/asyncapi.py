@@ -1,9 +1,10 @@
 """``warden asyncapi``: an AsyncAPI 3.0 document of the worker as configured.
 
-Each work queue (``WARDEN_QUEUES``) is a channel whose messages are the registered actions
-(``WARDEN_ACTIONS``), each with its payload schema (its pydantic model's, where it has one), the
-``authorization`` header, and an operation secured by OAuth 2.0 with the scopes that action
-needs, for each trusted issuer (its token endpoint read from its metadata). The dead letters are
+Each work queue (``WARDEN_QUEUES``) is a channel, the routing key of ``warden.jobs`` that leads
+to it, whose messages are the registered actions (``WARDEN_ACTIONS``), each with its payload
+schema (its pydantic model's, where it has one), the ``authorization`` header, and an operation
+secured by OAuth 2.0 with the scopes that action needs, for each trusted issuer (its token
+endpoint read from its metadata). The dead letters are
 a channel of ``warden.dlx`` and one per ``<queue>.dlq``, their ``x-warden-denial`` header
 described by ``schemas/denial.schema.json``.
 """
@@ -215,12 +216,19 @@ def document(
         channels[queue] = {
             "address": queue,
             "title": f"work queue {queue}",
-            "description": "Jobs for warden: a quorum queue on the default exchange.",
+            "description": f"Jobs for the quorum queue {queue}: published to the direct exchange "
+            f"{names.JOBS_EXCHANGE} with routing key {queue}, with confirms and mandatory.",
             "messages": {
                 spec.name: {"$ref": pointer("components", "messages", message_keys[spec.name])}
                 for spec in specs
             },
-            "bindings": {"amqp": _queue_binding(queue)},
+            "bindings": {
+                "amqp": {
+                    "is": "routingKey",
+                    "exchange": {"name": names.JOBS_EXCHANGE, "type": "direct", "durable": True},
+                    "bindingVersion": AMQP_BINDING,
+                }
+            },
         }
         for spec in specs:
             operations[f"{queue}.{spec.name}"] = {
