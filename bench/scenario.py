@@ -186,8 +186,10 @@ async def warden(
 
     settle = Consumer.settle
 
-    async def counted_settle(self: Consumer, message: Any, delivery: Any, outcome: Any) -> None:
-        await settle(self, message, delivery, outcome)
+    async def counted_settle(
+        self: Consumer, message: Any, delivery: Any, outcome: Any, **options: Any
+    ) -> None:
+        await settle(self, message, delivery, outcome, **options)
         if uncounted is not None and uncounted in delivery.body:
             clock.uncounted_at = time.perf_counter()
         else:
