@@ -95,6 +95,9 @@ async def test_warden_asyncapi_writes_a_valid_asyncapi_3_document_of_the_worker(
     assert order["properties"]["quantity"]["exclusiveMinimum"] == 0
     customer = resolve(document, order["properties"]["customer"]["$ref"])
     assert customer["required"] == ["email"]
+    cancellation = resolve(document, "#/components/schemas/Cancellation")
+    [union, _] = cancellation["properties"]["refund"]["anyOf"]
+    assert union["discriminator"] == "kind", "AsyncAPI's discriminator is a property name"
     untyped = resolve(document, channels["jobs"]["messages"]["reports.read"]["$ref"])
     assert untyped["payload"]["properties"]["payload"]["type"] == "object"
 

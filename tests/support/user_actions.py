@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -68,9 +68,19 @@ class Order(BaseModel):
     customer: Customer
 
 
+class Card(BaseModel):
+    kind: Literal["card"]
+    last4: str
+
+
+class Voucher(BaseModel):
+    kind: Literal["voucher"]
+
+
 class Cancellation(BaseModel):
     order_id: int
     reason: str = ""
+    refund: Annotated[Card | Voucher, Field(discriminator="kind")] | None = None
 
 
 @action("blocking.sleep", scopes=set())

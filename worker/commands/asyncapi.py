@@ -4,9 +4,8 @@ Each work queue (``WARDEN_QUEUES``) is a channel, the routing key of ``warden.jo
 to it, whose messages are the registered actions (``WARDEN_ACTIONS``), each with its payload
 schema (its pydantic model's, where it has one), the ``authorization`` header, and an operation
 secured by OAuth 2.0 with the scopes that action needs, for each trusted issuer (its token
-endpoint read from its metadata). The dead letters are
-a channel of ``warden.dlx`` and one per ``<queue>.dlq``, their ``x-warden-denial`` header
-described by ``schemas/denial.schema.json``.
+endpoint read from its metadata). The dead letters are a channel of ``warden.dlx`` and one per
+``<queue>.dlq``, their ``x-warden-denial`` header described by ``schemas/denial.schema.json``.
 """
 
 from __future__ import annotations
@@ -166,7 +165,7 @@ def document(
     refs, top = models_json_schema(
         [(model, "validation") for model in models], ref_template=SCHEMAS + "{model}"
     )
-    schemas: dict[str, Any] = dict(top.get("$defs", {}))
+    schemas = {name: _rehomed(value, SCHEMAS) for name, value in top.get("$defs", {}).items()}
     schemas.update(denial_schemas())
     reasons = [cls.reason for cls in errors.DENIALS]
 
