@@ -27,7 +27,7 @@ from worker import errors, names
 from worker.auth.keys import fetch_metadata
 from worker.commands.common import fail, run_or_exit, settings_or_exit
 from worker.errors import ConfigurationError
-from worker.pipeline.actions import ActionSpec, Registry
+from worker.pipeline.actions import ActionSpec, AnyActor, Registry
 from worker.settings import Settings
 
 ASYNCAPI = "3.0.0"
@@ -146,8 +146,10 @@ def _security(
 
 def _notes(spec: ActionSpec) -> str:
     notes = [f"Needs the scopes {', '.join(sorted(spec.scopes)) or '(none)'}."]
-    if spec.actors:
-        notes.append(f"Delegation (act): {spec.actors!r} may act for the subject.")
+    if isinstance(spec.actors, AnyActor):
+        notes.append("Any actor (act) may act for the subject.")
+    elif spec.actors:
+        notes.append(f"Actors (act) {', '.join(sorted(spec.actors))} may act for the subject.")
     if spec.introspect:
         notes.append("The token is introspected (RFC 7662) before every run.")
     if spec.model is not None:
