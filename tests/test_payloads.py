@@ -127,6 +127,15 @@ def test_the_detail_lists_at_most_ten_fields() -> None:
         registered.read_payload({})
     assert raised.value.detail.endswith("f9 (missing) and 2 more")
 
+    long_key = "k" * 40  # a dictionary's key, or an unexpected member, is the publisher's
+    spec = Registry.from_modules(["tests.support.user_actions"]).get("orders:cancel")
+    assert spec is not None
+    with pytest.raises(PayloadInvalid) as raised:
+        spec.read_payload({"order_id": 1, "notes": {long_key: "x"}})
+    assert raised.value.detail == (
+        f"the payload does not fit Cancellation: notes.{'k' * 29}... (int_parsing)"
+    )
+
 
 async def dict_job(job: Job[dict[str, Any]]) -> None:
     pass

@@ -81,6 +81,7 @@ class Cancellation(BaseModel):
     order_id: int
     reason: str = ""
     refund: Annotated[Card | Voucher, Field(discriminator="kind")] | None = None
+    notes: dict[str, int] = {}
 
 
 @action("blocking.sleep", scopes=set())

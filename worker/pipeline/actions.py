@@ -67,6 +67,8 @@ H = TypeVar("H", bound=Handler)
 
 MAX_FIELDS_SHOWN = 10
 """A ``payload_invalid`` detail names at most this many failing fields."""
+MAX_PART_SHOWN = 32
+"""A part of a field's path longer than this is cut: a dictionary's key is the publisher's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,12 +122,17 @@ def _failing_fields(model: type[BaseModel], error: ValidationError) -> str:
     types only, so that no value a publisher sent is written into a dead letter's detail."""
     found = error.errors(include_url=False, include_context=False, include_input=False)
     fields = [
-        f"{'.'.join(str(part) for part in item['loc']) or '(the payload)'} ({item['type']})"
+        f"{'.'.join(_part(part) for part in item['loc']) or '(the payload)'} ({item['type']})"
         for item in found[:MAX_FIELDS_SHOWN]
     ]
     more = len(found) - len(fields)
     listed = ", ".join(fields) + (f" and {more} more" if more else "")
     return f"the payload does not fit {model.__name__}: {listed}"
+
+
+def _part(part: str | int) -> str:
+    text = str(part)
+    return text if len(text) <= MAX_PART_SHOWN else text[: MAX_PART_SHOWN - 3] + "..."
 
 
 _declared: dict[str, list[ActionSpec]] = {}
