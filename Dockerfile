@@ -10,6 +10,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY worker ./worker
+COPY schemas ./schemas
 RUN python -m venv /opt/warden && /opt/warden/bin/pip install .
 
 FROM ${PYTHON_IMAGE}

@@ -14,6 +14,9 @@ own, with the same prefetch, bodies and headers):
   d       warden, denied path (scope_insufficient), dead letters included
   d-undecided  (d) with every job given the first job's verdict: what the denied path costs
           besides the decision. Not warden as it runs; only with --only
+  b-blocked  (b) with one more job at the head of the queue, a blocking action that sleeps 3 s
+          in warden's thread pool while the N others flow; compared to (b) of the same round.
+          Only with --only, e.g. --only b,b-blocked --messages 1000
   e-b     FastStream + PyJWT middleware doing the same checks, tokens as in b
   e-c     the same peer, tokens as in c-RS256
 
@@ -54,7 +57,7 @@ from worker.names import retry_queue  # noqa: E402
 from worker.settings import Settings  # noqa: E402
 
 SCENARIOS = ("a", "a-relay", "b", "c-RS256", "c-ES256", "c-EdDSA", "d", "e-b", "e-c")
-EXTRA = ("d-undecided",)
+EXTRA = ("d-undecided", "b-blocked")
 """Run only when named in --only."""
 _ISSUER: Issuer | None = None
 
@@ -79,15 +82,23 @@ def tokens(issuer: Issuer, alg: str, scope: str, count: int) -> list[str]:
         return [t for chunk in pool.map(_mint, chunks) for t in chunk]
 
 
-async def fill(url: str, queue: str, action: str, tokens_: list[str], count: int) -> None:
-    """A fresh quorum work queue holding ``count`` jobs, cycling through ``tokens_``."""
+FIRST = {"b-blocked": "bench.sleep"}
+"""Scenarios whose queue holds one more job, of this action, ahead of the N counted."""
+
+
+async def fill(
+    url: str, queue: str, action: str, tokens_: list[str], count: int, first: str | None = None
+) -> None:
+    """A fresh quorum work queue holding ``count`` jobs, cycling through ``tokens_``, after one
+    job of ``first`` when given."""
     connection = await aio_pika.connect(url)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         await declare_topology(channel, (queue,), 5, (1000,))
         window: list[Any] = []
-        for i in range(count):
-            body = json.dumps({"action": action, "payload": {"report": "q3", "n": i}}).encode()
+        actions = [first] * (first is not None) + [action] * count
+        for i, job_action in enumerate(actions):
+            body = json.dumps({"action": job_action, "payload": {"report": "q3", "n": i}}).encode()
             message = aio_pika.Message(
                 body,
                 content_type="application/json",
@@ -201,6 +212,7 @@ def main() -> None:
         "b": ("warden", "bench.noop", reused, n),
         "d": ("warden", "bench.admin", reused, n),
         "d-undecided": ("warden-undecided", "bench.admin", reused, n),
+        "b-blocked": ("warden-blocked", "bench.noop", reused, n),
         "e-b": ("faststream", "bench.noop", reused, n),
     }
     for alg, minted in distinct.items():
@@ -220,7 +232,7 @@ def main() -> None:
             kind, action, tokens_, count = plan[name]
             queue = f"bench-{name.lower()}-{uuid.uuid4().hex[:6]}"
             print(f"round {round_} {name}: filling {queue} with {count} ...", file=sys.stderr)
-            asyncio.run(fill(options.broker_url, queue, action, tokens_, count))
+            asyncio.run(fill(options.broker_url, queue, action, tokens_, count, FIRST.get(name)))
             if options.profile:
                 (ROOT / "bench" / "results").mkdir(exist_ok=True)
                 common["profile"] = str(ROOT / "bench" / "results" / f"profile-{name}.pstats")
@@ -271,9 +283,14 @@ def report(rounds: dict[str, list[dict[str, Any]]], n: int, prefetch: int) -> No
     for key, ours, peer in (
         ("warden_over_peer_b", "b", "e-b"),
         ("warden_over_peer_c", "c-RS256", "e-c"),
+        ("b_blocked_over_b", "b-blocked", "b"),
     ):
         if ours in rounds and peer in rounds:
             summary[key] = median(ratios(rounds[ours], rounds[peer]))
+    if "b-blocked" in rounds:
+        summary["b_blocked_sleeper_settled_after_the_others_s"] = [
+            run["uncounted_settled_after_last_s"] for run in rounds["b-blocked"]
+        ]
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     path = out / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
@@ -293,7 +310,16 @@ def report(rounds: dict[str, list[dict[str, Any]]], n: int, prefetch: int) -> No
             f"{r['peak_rss_mb']:7.1f} {r['cpu_us_per_message']:11.0f} "
             f"{_us(r['broker_cpu_us_per_message']):>7}"
         )
-    for key in ("warden_over_peer_b", "warden_over_peer_c", "rss_growth_b_to_b_x4"):
+    if "b-blocked" in results:
+        after = summary["b_blocked_sleeper_settled_after_the_others_s"]
+        print("b-blocked: the sleeper settled " + ", ".join(f"{s:.2f}" for s in after) + " s")
+        print("  after the last of the others (positive: they all flowed while it slept)")
+    for key in (
+        "warden_over_peer_b",
+        "warden_over_peer_c",
+        "b_blocked_over_b",
+        "rss_growth_b_to_b_x4",
+    ):
         if key in summary:
             print(f"{key}: {summary[key]:.2f}")
     print(f"written to {path.relative_to(ROOT)}")

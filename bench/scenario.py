@@ -65,6 +65,8 @@ class Clock:
         self.cpu_first = 0.0
         self.cpu_last = 0.0
         self.settled = 0
+        self.uncounted_at: float | None = None
+        """When the one job not counted (b-blocked's sleeper) was settled."""
         self.done = asyncio.Event()
         self.decisions = Reservoir(50_000)
 
@@ -91,6 +93,9 @@ class Clock:
             return latencies[min(int(len(latencies) * p), len(latencies) - 1)] * 1e6
 
         return {
+            "uncounted_settled_after_last_s": None
+            if self.uncounted_at is None
+            else self.uncounted_at - self.last,
             "messages": self.settled,
             "seconds": elapsed,
             "rate": self.settled / elapsed,
@@ -146,11 +151,14 @@ async def relay(clock: Clock) -> None:
         await acks.flushed()
 
 
-async def warden(clock: Clock, *, first_verdict_only: bool = False) -> None:
+async def warden(
+    clock: Clock, *, first_verdict_only: bool = False, uncounted: bytes | None = None
+) -> None:
     """warden's worker, with the decision timed and settlements counted.
 
     With ``first_verdict_only``, every job gets the verdict decided for the first one: not
-    warden as it runs, but what the rest of its path costs without the decision.
+    warden as it runs, but what the rest of its path costs without the decision. A job whose
+    body holds ``uncounted`` is not one of the N counted: its settling is timed apart.
     """
     from worker.pipeline.actions import Registry
     from worker.pipeline.decision import Gate
@@ -178,9 +186,14 @@ async def warden(clock: Clock, *, first_verdict_only: bool = False) -> None:
 
     settle = Consumer.settle
 
-    async def counted_settle(self: Consumer, *args: Any) -> None:
-        await settle(self, *args)
-        clock.one_settled()
+    async def counted_settle(
+        self: Consumer, message: Any, delivery: Any, outcome: Any, **options: Any
+    ) -> None:
+        await settle(self, message, delivery, outcome, **options)
+        if uncounted is not None and uncounted in delivery.body:
+            clock.uncounted_at = time.perf_counter()
+        else:
+            clock.one_settled()
 
     Gate.decide = timed_decide  # type: ignore[method-assign]
     Consumer.settle = counted_settle  # type: ignore[method-assign]
@@ -204,6 +217,14 @@ async def warden(clock: Clock, *, first_verdict_only: bool = False) -> None:
     await task
 
 
+async def warden_blocked(clock: Clock) -> None:
+    """warden while the first job, a blocking action, sleeps in a thread (b-blocked): the N
+    others are counted; the sleeper settles on its own, and the worker waits for it to stop."""
+    await warden(clock, uncounted=b'"bench.sleep"')
+    if clock.uncounted_at is None:
+        raise RuntimeError("the sleeping job was not settled")
+
+
 async def faststream(clock: Clock) -> None:
     """A peer: a FastStream subscriber doing the same checks with PyJWT in a middleware."""
     from bench.peer import serve
@@ -221,6 +242,7 @@ KINDS: dict[str, Callable[[Clock], Any]] = {
     "relay": relay,
     "warden": warden,
     "warden-undecided": warden_undecided,
+    "warden-blocked": warden_blocked,
     "faststream": faststream,
 }
 

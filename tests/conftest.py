@@ -19,6 +19,7 @@ from tests.support.issuer import Issuer, JwksServer, jwks_server
 from tests.support.logwatch import LogWatch
 from tests.support.rabbit import Rabbit
 from worker.auth.revocation import RevocationList
+from worker.ops.tracing import NO_TRACING, Tracing
 from worker.pipeline.actions import Registry
 from worker.service.runner import Worker
 from worker.settings import Settings
@@ -159,13 +160,14 @@ async def start_worker(
         registry: Registry = REGISTRY,
         *,
         revocations: RevocationList | None = None,
+        tracing: Tracing = NO_TRACING,
         **overrides: Any,
     ) -> Running:
         url = overrides.pop("broker_url", broker_url)
         settings = worker_settings(url, jwks, issuer, queue_name, **overrides)
         for queue in settings.queues:
             rabbit.forget_later(queue, settings.retry_tiers())
-        worker = Worker(settings, registry, revocations=revocations)
+        worker = Worker(settings, registry, revocations=revocations, tracing=tracing)
         handle = Running(worker)
         running.append(handle)
         task = handle.task

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from worker.commands.asyncapi import asyncapi
 from worker.commands.dlq import dlq
 from worker.commands.explain import explain
 from worker.commands.permissions import permissions
@@ -17,5 +18,5 @@ def main() -> None:
     """warden: verify each job's access token, run what is allowed, dead-letter what is not."""
 
 
-for command in (run, publish, revoke, dlq, explain, permissions):
+for command in (run, publish, revoke, dlq, explain, permissions, asyncapi):
     main.add_command(command)

@@ -184,6 +184,13 @@ class ProofInvalid(InvalidToken):
     reason = "proof_invalid"
 
 
+class PayloadInvalid(InvalidRequest):
+    """Check 18: the payload does not fit the action's model (the failing fields, never their
+    values)."""
+
+    reason = "payload_invalid"
+
+
 class ActionFailed(InvalidRequest):
     """The action kept failing until the attempts ran out."""
 
@@ -220,6 +227,7 @@ DENIALS: tuple[type[Denial], ...] = (
     ScopeInsufficient,
     DelegationNotAllowed,
     ProofInvalid,
+    PayloadInvalid,
     ActionFailed,
     ActionRejected,
     DeliveryLimit,

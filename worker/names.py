@@ -14,6 +14,7 @@ REVOCATION_STREAM = "warden.revocations"
 
 HEADER_AUTHORIZATION = "authorization"
 HEADER_TRACEPARENT = "traceparent"
+HEADER_TRACESTATE = "tracestate"
 HEADER_PROOF = "x-warden-proof"
 HEADER_REASON = "x-warden-reason"
 HEADER_DENIAL = "x-warden-denial"

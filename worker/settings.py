@@ -314,6 +314,8 @@ class Settings(BrokerSettings):
     introspection_endpoint: AnyHttpUrl | None = None
     introspection_cache_seconds: Annotated[float, Field(ge=0)] = 60.0
     shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 30.0
+    action_threads: Annotated[int, Field(ge=1, le=256)] = 4
+    """Threads that run blocking (plain ``def``) actions; more such jobs wait for a free one."""
     retry_base_seconds: Annotated[float, Field(ge=0.01)] = 1.0
     retry_max_seconds: Annotated[float, Field(gt=0)] = 300.0
     defer_max_seconds: Annotated[float, Field(gt=0)] = 30.0
@@ -382,6 +384,34 @@ class Settings(BrokerSettings):
                 raise ConfigurationError(f"WARDEN_ISSUERS: issuer {entry.issuer!r} is listed twice")
             seen.add(entry.issuer)
         return tuple(entry.resolved(self.audience, self.algorithms) for entry in entries)
+
+
+class TracingSettings(BaseSettings):
+    """The standard OpenTelemetry variables that say whether ``warden run`` makes spans, and
+    where they go; the SDK and the exporters read the rest of ``OTEL_*`` themselves."""
+
+    model_config = SettingsConfigDict(env_prefix="OTEL_", frozen=True, extra="ignore")
+
+    sdk_disabled: bool = False
+    traces_exporter: Annotated[tuple[str, ...], NoDecode] = ()
+    exporter_otlp_endpoint: str | None = None
+    exporter_otlp_traces_endpoint: str | None = None
+
+    @field_validator("traces_exporter", mode="before")
+    @classmethod
+    def _exporter_list(cls, value: object) -> object:
+        return _split(value)
+
+    def exporters(self) -> tuple[str, ...]:
+        """The span exporters asked for: ``OTEL_TRACES_EXPORTER``, or ``otlp`` when only an OTLP
+        endpoint is set; none when neither is, or ``OTEL_SDK_DISABLED`` is true."""
+        if self.sdk_disabled:
+            return ()
+        if self.traces_exporter:
+            return tuple(name for name in self.traces_exporter if name != "none")
+        if self.exporter_otlp_endpoint or self.exporter_otlp_traces_endpoint:
+            return ("otlp",)
+        return ()
 
 
 def _variable(loc: tuple[int | str, ...]) -> str:

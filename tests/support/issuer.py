@@ -263,6 +263,7 @@ class JwksServer:
                     "issuer": issuer.url,
                     "jwks_uri": self.jwks_url(issuer),
                     "introspection_endpoint": f"{issuer.url}/introspect",
+                    "token_endpoint": f"{issuer.url}/token",
                 }
         return None
 

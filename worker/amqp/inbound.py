@@ -65,8 +65,8 @@ class Inbound:
     def message_id(self) -> str | None:
         return self.properties.message_id
 
-    async def ack(self, *, multiple: bool = False) -> None:
-        await self.channel.basic_ack(self.delivery_tag, multiple=multiple)
+    async def ack(self, *, multiple: bool = False, wait: bool = True) -> None:
+        await self.channel.basic_ack(self.delivery_tag, multiple=multiple, wait=wait)
 
     async def nack(self, *, requeue: bool = True) -> None:
         await self.channel.basic_nack(self.delivery_tag, requeue=requeue)

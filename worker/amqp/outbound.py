@@ -5,11 +5,14 @@ be. Delivery tags on a channel only grow. Once every delivery up to tag T is set
 ``basic.ack(T, multiple=True)`` settles them all; an ack above a delivery still being handled
 goes out on its own, so a slow action never holds back the acks (and the prefetch credit) of
 the quick ones after it. A quorum queue turns every ack frame into a log entry, so fewer frames
-are less work for the broker as well as for the worker. Acks wait at most ``linger`` seconds,
-and no longer than it takes ``batch`` of them to gather (a quarter of the prefetch, so waiting
-acks never hold back much of the prefetch credit). The price is a wider window in which a
-worker that dies has run jobs the broker will deliver again; delivery is at least once in any
-case.
+are less work for the broker as well as for the worker. The acks that go out on their own
+leave together, from one task that waits for the socket once (aiormq's ``basic_ack(wait=False)``
+for all but the last): while a blocking action sleeps, every ack after its delivery is such an
+ack, and ``bench/`` scenario b-blocked went from 0.71 to 0.85 of (b) with them written so.
+Acks wait at most ``linger`` seconds, and no longer than it takes ``batch`` of them to gather
+(a quarter of the prefetch, so waiting acks never hold back much of the prefetch credit). The
+price is a wider window in which a worker that dies has run jobs the broker will deliver again;
+delivery is at least once in any case.
 
 Copies (dead letters, retry and wait copies) are published below aio-pika's public API: with
 aiormq's ``basic_publish(wait=False)``, which does not wait for the socket write under the
@@ -152,7 +155,8 @@ class Acker:
             self._start(ack(tail, multiple=len(prefix) > 1))
         for message in beyond:
             del self._open[message.delivery_tag]
-            self._start(ack(message))
+        if beyond:
+            self._start(ack_each(beyond))
 
     def _start(self, sending: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(sending)
@@ -164,6 +168,13 @@ async def ack(message: Inbound, *, multiple: bool = False) -> None:
     """Ack; if the channel died, say so: the broker delivers the message again, and the worker
     goes on."""
     await _settle(message, "ack", message.ack(multiple=multiple))
+
+
+async def ack_each(messages: list[Inbound]) -> None:
+    """Ack each of ``messages`` on its own, in one task, waiting for the socket once."""
+    for message in messages[:-1]:
+        await _settle(message, "ack", message.ack(wait=False))
+    await ack(messages[-1])
 
 
 async def requeue(message: Inbound) -> None:

@@ -13,15 +13,15 @@ from rich.console import Console
 from rich.table import Table
 
 from worker import errors
-from worker.commands.common import fail, settings_or_exit
+from worker.commands.common import fail, read_payload, settings_or_exit
 from worker.errors import ConfigurationError
 from worker.pipeline.actions import Registry
 from worker.pipeline.decision import Allowed, Gate, Verdict
 from worker.pipeline.delivery import Delivery
 from worker.settings import Settings
 
-CHECKS = errors.DENIALS[:17]
-"""Checks 1 to 17, in order; each denial class's docstring says what it checks."""
+CHECKS = errors.DENIALS[: errors.DENIALS.index(errors.PayloadInvalid) + 1]
+"""Checks 1 to 18, in order; each denial class's docstring says what it checks."""
 REVOCATION = errors.TokenRevoked.reason
 
 
@@ -47,9 +47,13 @@ async def _decide(settings: Settings, registry: Registry, delivery: Delivery) ->
 @click.option("--token", help="The access token; read from stdin when not given.")
 @click.option("--action", "action_name", required=True, help="The action the job would ask for.")
 @click.option("--queue", default="jobs", show_default=True, help="The queue it would come from.")
+@click.option(
+    "--payload", default="{}", show_default=True, help="The job's payload: JSON, or @FILE."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-def explain(token: str | None, action_name: str, queue: str, as_json: bool) -> None:
-    """Each check, passed or failed, for a token and an action (exit 0 allowed, 1 denied).
+def explain(token: str | None, action_name: str, queue: str, payload: str, as_json: bool) -> None:
+    """Each check, passed or failed, for a token, an action and a payload (exit 0 allowed, 1
+    denied).
 
     Uses the configured issuers' real keys and WARDEN_ACTIONS. The revocation feed is not
     read (no broker), so check 13 is reported as not checked.
@@ -63,7 +67,7 @@ def explain(token: str | None, action_name: str, queue: str, as_json: bool) -> N
         registry = Registry.from_modules(settings.actions)
     except ConfigurationError as exc:
         fail(f"configuration error: {exc}")
-    body = json.dumps({"action": action_name, "payload": {}}).encode()
+    body = json.dumps({"action": action_name, "payload": read_payload(payload)}).encode()
     delivery = Delivery(
         body, {"authorization": f"Bearer {token}"}, "explain", "application/json", queue
     )

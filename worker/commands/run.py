@@ -6,12 +6,13 @@ import asyncio
 import signal
 
 import click
+from pydantic import ValidationError
 
 from worker.commands.common import fail, settings_or_exit
 from worker.errors import ConfigurationError
-from worker.ops import logs
+from worker.ops import logs, tracing
 from worker.pipeline.actions import Registry
-from worker.settings import Settings
+from worker.settings import Settings, TracingSettings
 
 
 @click.command()
@@ -29,13 +30,19 @@ def run() -> None:
     except ConfigurationError as exc:
         fail(f"configuration error: {exc}")
     logs.configure(settings.log_level)
+    try:
+        traces = tracing.configured(TracingSettings())
+    except ValidationError as exc:
+        fail(f"configuration error: OTEL_*: {exc.errors(include_url=False)[0]['msg']}")
+    except ConfigurationError as exc:
+        fail(f"configuration error: {exc}")
 
     async def serve() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await Worker(settings, registry).run(stop)
+        await Worker(settings, registry, tracing=traces).run(stop)
 
     steady_collector()
     try:

@@ -76,12 +76,14 @@ class StateCollector(Collector):
         self,
         *,
         in_flight: Callable[[], int],
+        threads_busy: Callable[[], int],
         revocation_entries: Callable[[], int],
         revocation_faults: Callable[[], int],
         revocations_untrusted: Callable[[], int],
         jwks: Callable[[], Iterator[tuple[str, int, int]]],
     ) -> None:
         self._in_flight = in_flight
+        self._threads_busy = threads_busy
         self._revocations = revocation_entries
         self._faults = revocation_faults
         self._untrusted = revocations_untrusted
@@ -91,6 +93,11 @@ class StateCollector(Collector):
         """Current values."""
         yield GaugeMetricFamily(
             "warden_in_flight", "Messages being decided or run now.", value=self._in_flight()
+        )
+        yield GaugeMetricFamily(
+            "warden_action_threads_busy",
+            "Threads running a blocking action now (of WARDEN_ACTION_THREADS).",
+            value=self._threads_busy(),
         )
         yield GaugeMetricFamily(
             "warden_revocation_entries",

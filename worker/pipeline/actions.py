@@ -1,9 +1,14 @@
 """Actions: the protected work a job asks for, registered with :func:`action` (``docs/actions.md``).
 
-The decorator checks what it can at import (a coroutine function, a ``scopes`` argument, a
-valid name, a delegation policy); :meth:`Registry.from_modules` imports the modules
-``WARDEN_ACTIONS`` names at start-up and refuses duplicate names there, so a bad registry never
-meets its first message.
+The decorator checks what it can at import (a function, a ``scopes`` argument, a valid name, a
+delegation policy, the payload model its annotations name); :meth:`Registry.from_modules`
+imports the modules ``WARDEN_ACTIONS`` names at start-up and refuses duplicate names there, so
+a bad registry never meets its first message.
+
+A coroutine function runs on the event loop; a plain function is blocking code and runs in the
+worker's pool of threads (``WARDEN_ACTION_THREADS``). An action whose job is annotated
+``Job[Model]``, or that takes ``payload: Model``, with ``Model`` a pydantic model, is handed
+the validated model instance; a payload that does not fit is denied ``payload_invalid``.
 """
 
 from __future__ import annotations
@@ -11,14 +16,18 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import typing
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, Generic, TypeVar, cast
+
+from pydantic import BaseModel, ValidationError
+from typing_extensions import TypeVar as DefaultedTypeVar
 
 from worker.auth.principal import Principal
 from worker.auth.tokens import is_scope_token
-from worker.errors import ConfigurationError
+from worker.errors import ConfigurationError, PayloadInvalid
 
 ACTION_NAME = re.compile(r"^[a-z][a-z0-9_.:-]{0,127}$")
 
@@ -40,20 +49,29 @@ Actors = frozenset[str] | Mapping[str, frozenset[str]] | AnyActor
 identifies them (or, where one issuer is trusted, that issuer's), or any actor."""
 
 
+P = DefaultedTypeVar("P", default=Mapping[str, Any])
+"""What ``job.payload`` is: the JSON object as sent, or the instance of the action's model."""
+
+
 @dataclass(frozen=True, slots=True)
-class Job:
+class Job(Generic[P]):
     """What an action is handed: the job, never the token that carried it."""
 
     id: str
     action: str
-    payload: Mapping[str, Any]
+    payload: P
     principal: Principal
     attempt: int = 1
     redelivered: bool = False
 
 
-Handler = Callable[[Job], Awaitable[None]]
+Handler = Callable[..., Awaitable[None]] | Callable[..., None]
 H = TypeVar("H", bound=Handler)
+
+MAX_FIELDS_SHOWN = 10
+"""A ``payload_invalid`` detail names at most this many failing fields."""
+MAX_PART_SHOWN = 32
+"""A part of a field's path longer than this is cut: a dictionary's key is the publisher's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +86,12 @@ class ActionSpec:
     """Ask the issuer (RFC 7662) whether the token is still active before every run."""
     actors: Actors = frozenset()
     """Who may act for the token's subject (``act.sub``); empty: no delegation at all."""
+    blocking: bool = False
+    """A plain function: it runs in a thread of the pool, not on the event loop."""
+    model: type[BaseModel] | None = None
+    """The pydantic model the payload must fit, or None to hand the JSON object as it is."""
+    model_argument: bool = False
+    """The model instance is passed as ``payload=``; otherwise it is ``job.payload``."""
 
     def allows_actor(
         self, actor: str, issuer: str | None = None, token_issuer: str | None = None
@@ -85,6 +109,45 @@ class ActionSpec:
     def actors_without_issuer(self) -> bool:
         """Whether ``actors`` names actors without saying which issuer identifies them."""
         return isinstance(self.actors, frozenset) and bool(self.actors)
+
+    def read_payload(self, payload: dict[str, Any]) -> Any:
+        """The payload as the action takes it: validated into its model, or as it is.
+
+        Raises :class:`~worker.errors.PayloadInvalid` naming each failing field by its path and
+        pydantic's error type, never by the value it held.
+        """
+        model = self.model
+        if model is None:
+            return payload
+        try:
+            return model.model_validate(payload)
+        except ValidationError as exc:
+            raise PayloadInvalid(_failing_fields(model, exc)) from None
+
+    def call(self, job: Job[Any], payload: Any) -> Callable[[], Any]:
+        """The handler bound to its arguments, ready to be called (or awaited, if a coroutine)."""
+        handler = self.handler
+        if self.model_argument:
+            return lambda: handler(job, payload=payload)
+        return lambda: handler(job)
+
+
+def _failing_fields(model: type[BaseModel], error: ValidationError) -> str:
+    """``the payload does not fit Model: a.0.b (missing), c (int_parsing)``: paths and error
+    types only, so that no value a publisher sent is written into a dead letter's detail."""
+    found = error.errors(include_url=False, include_context=False, include_input=False)
+    fields = [
+        f"{'.'.join(_part(part) for part in item['loc']) or '(the payload)'} ({item['type']})"
+        for item in found[:MAX_FIELDS_SHOWN]
+    ]
+    more = len(found) - len(fields)
+    listed = ", ".join(fields) + (f" and {more} more" if more else "")
+    return f"the payload does not fit {model.__name__}: {listed}"
+
+
+def _part(part: str | int) -> str:
+    text = str(part)
+    return text if len(text) <= MAX_PART_SHOWN else text[: MAX_PART_SHOWN - 3] + "..."
 
 
 _declared: dict[str, list[ActionSpec]] = {}
@@ -132,22 +195,82 @@ def action(
     policy = _actors(name, actors)
 
     def register(handler: H) -> H:
-        if not inspect.iscoroutinefunction(handler):
-            raise ConfigurationError(
-                f"action {name!r}: {handler.__qualname__} must be an async function"
-            )
+        if not inspect.isfunction(handler):
+            raise ConfigurationError(f"action {name!r}: {handler!r} is not a function")
+        model, model_argument = _payload_model(name, handler)
         spec = ActionSpec(
             name,
             required,
-            cast(Handler, handler),
+            handler,
             handler.__module__,
             introspect=introspect,
             actors=policy,
+            blocking=not _is_coroutine_function(handler),
+            model=model,
+            model_argument=model_argument,
         )
         _declared.setdefault(spec.module, []).append(spec)
         return cast(H, handler)
 
     return register
+
+
+def _payload_model(name: str, handler: Callable[..., Any]) -> tuple[type[BaseModel] | None, bool]:
+    """The model a handler's annotations name for its payload: ``job: Job[Model]`` or
+    ``payload: Model``. Returns the model (or None) and whether it is the ``payload`` argument."""
+    parameters = list(inspect.signature(handler).parameters.values())
+    if not parameters or parameters[0].kind not in (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    ):
+        raise ConfigurationError(f"action {name!r}: {handler.__qualname__} must take the job first")
+    first = parameters[0].name
+    as_argument = any(p.name == "payload" for p in parameters[1:])
+    try:
+        hints = typing.get_type_hints(handler)
+    except Exception as exc:
+        raw = inspect.get_annotations(handler)
+        if not as_argument and "[" not in str(raw.get(first, "")):
+            return None, False  # nothing here names a model: the annotations need not resolve
+        raise ConfigurationError(
+            f"action {name!r}: the annotations of {handler.__qualname__} cannot be resolved "
+            f"({type(exc).__name__}: {exc}); the payload model must be importable at run time"
+        ) from exc
+    job_model = next(iter(typing.get_args(hints.get(first))), None)
+    if job_model is not None and typing.get_origin(hints.get(first)) is not Job:
+        job_model = None
+    if as_argument:
+        argument = hints.get("payload")
+        if not _is_model(argument):
+            raise ConfigurationError(
+                f"action {name!r}: the payload argument of {handler.__qualname__} must be "
+                "annotated with a pydantic model"
+            )
+        if job_model is not None and job_model is not argument:
+            raise ConfigurationError(
+                f"action {name!r}: {handler.__qualname__} names two payload models"
+            )
+        return cast(type[BaseModel], argument), True
+    untyped = (Mapping, dict)
+    if job_model is None or job_model in untyped or typing.get_origin(job_model) in untyped:
+        return None, False
+    if not _is_model(job_model):
+        raise ConfigurationError(
+            f"action {name!r}: Job[...] of {handler.__qualname__} must name a pydantic model"
+        )
+    return cast(type[BaseModel], job_model), False
+
+
+def _is_coroutine_function(handler: Callable[..., Any]) -> bool:
+    """A coroutine function, or a plain wrapper (``functools.wraps``) around one that returns
+    its coroutine: either is awaited on the loop, never called in a thread."""
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        inspect.unwrap(handler)
+    )
+
+
+def _is_model(annotation: object) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 def _actors(name: str, actors: object) -> Actors:
@@ -208,7 +331,7 @@ class Registry:
         return cls(specs)
 
     @classmethod
-    def of(cls, *handlers: Handler) -> Registry:
+    def of(cls, *handlers: Callable[..., Any]) -> Registry:
         """A registry of exactly these decorated handlers (for embedding and tests)."""
         wanted = set(handlers)
         specs = [s for found in _declared.values() for s in found if s.handler in wanted]
@@ -236,3 +359,7 @@ class Registry:
     def names(self) -> list[str]:
         """Registered action names, sorted."""
         return sorted(self._by_name)
+
+    def specs(self) -> list[ActionSpec]:
+        """Every registered action, sorted by name."""
+        return [self._by_name[name] for name in self.names()]

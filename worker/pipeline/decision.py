@@ -3,9 +3,11 @@
 :func:`read_job` and :func:`bearer_token` are checks 1 and 2; :mod:`worker.auth.tokens` does 3
 to 12; :class:`Gate` ties them to the key store, the revocation list (13) and the action
 registry and adds 14 (the action), 15 (scopes), 16 (delegation,
-:meth:`~worker.pipeline.actions.ActionSpec.allows_actor`) and 17 (proof of possession,
-:mod:`worker.auth.proof`). The result is an :class:`Allowed` or a :class:`Denied`; a verdict
-that cannot be reached raises :class:`~worker.errors.Unavailable`.
+:meth:`~worker.pipeline.actions.ActionSpec.allows_actor`), 17 (proof of possession,
+:mod:`worker.auth.proof`) and 18 (the payload fits the action's model,
+:meth:`~worker.pipeline.actions.ActionSpec.read_payload`; last, so that only a publisher allowed
+to run the action learns how its payload failed). The result is an :class:`Allowed` or a
+:class:`Denied`; a verdict that cannot be reached raises :class:`~worker.errors.Unavailable`.
 
 Checks 16 and 17 cost nothing for tokens without ``act`` or ``cnf``.
 """
@@ -51,11 +53,12 @@ class JobRequest:
 
 @dataclass(frozen=True, slots=True)
 class Allowed:
-    """Every check passed: run ``spec`` with ``job``."""
+    """Every check passed: run ``spec`` with ``job`` (and ``payload``, its validated payload)."""
 
-    job: Job
+    job: Job[Any]
     spec: ActionSpec
     token: TokenCheck
+    payload: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +175,7 @@ NO_EXP_CACHE_SECONDS = 300.0
 
 
 class Gate:
-    """Decides messages: checks 1 to 17 of ``docs/checks.md``."""
+    """Decides messages: checks 1 to 18 of ``docs/checks.md``."""
 
     def __init__(
         self,
@@ -253,17 +256,18 @@ class Gate:
                     leeway=self.trust.leeway,
                     now=self.clock(),
                 )
+            payload = spec.read_payload(request.payload)
         except errors.Denial as denial:
             return Denied(denial, action, check)
-        job = Job(
+        job: Job[Any] = Job(
             id=delivery.message_id or "",
             action=request.action,
-            payload=request.payload,
+            payload=request.payload if spec.model_argument else payload,
             principal=who,
             attempt=delivery.attempt,
             redelivered=delivery.redelivered,
         )
-        return Allowed(job, spec, check)
+        return Allowed(job, spec, check, payload)
 
     async def _verify(self, check: TokenCheck) -> tuple[Verified, Principal]:
         """Checks 3 to 12, from the cache of verified tokens when it knows the token."""

@@ -1,4 +1,8 @@
-"""Running an allowed job's action, and turning how it ended into an outcome."""
+"""Running an allowed job's action, and turning how it ended into an outcome.
+
+A coroutine action is awaited on the event loop; a blocking one runs in a thread of the pool, so
+that neither the loop nor the connection's heartbeat waits for it.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,10 @@ import logging
 from worker import errors
 from worker.pipeline.decision import Allowed, Denied
 from worker.pipeline.outcomes import Again, DeadLetter, Done, Outcome
+from worker.support.threads import Threads
+
+ActionThreads = Threads[tuple[str, str]]
+"""The pool blocking actions run in; each call is labelled (action, message id)."""
 
 log = logging.getLogger("warden.actions")
 
@@ -16,12 +24,17 @@ def _said(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-async def run_action(allowed: Allowed, max_attempts: int) -> Outcome:
+async def run_action(allowed: Allowed, max_attempts: int, threads: ActionThreads) -> Outcome:
     """Run the action once; ``Reject`` is final, ``Retry`` and other errors try again, up to
-    ``max_attempts`` in all. Cancellation propagates."""
-    job = allowed.job
+    ``max_attempts`` in all. Cancellation propagates (a blocking action's thread runs on, and
+    its result is dropped)."""
+    job, spec = allowed.job, allowed.spec
+    call = spec.call(job, allowed.payload)
     try:
-        await allowed.spec.handler(job)
+        if spec.blocking:
+            await threads.run(call, (job.action, job.id))
+        else:
+            await call()
     except errors.Reject as exc:
         return DeadLetter(Denied(errors.ActionRejected(_said(exc)), job.action, allowed.token))
     except Exception as exc:

@@ -23,12 +23,14 @@ from worker.deadletters.write import (
 )
 from worker.errors import MalformedMessage, PublishFailed, TableNotEncodable, Unavailable
 from worker.ops.metrics import UNREGISTERED, Metrics
+from worker.ops.tracing import NO_TRACING, Span, Tracing
 from worker.pipeline.decision import Denied, Gate
 from worker.pipeline.delivery import Delivery
-from worker.pipeline.execution import run_action
+from worker.pipeline.execution import ActionThreads, run_action
 from worker.pipeline.outcomes import Again, DeadLetter, Defer, Done, Outcome
 from worker.settings import Settings
 from worker.support.backoff import backoff
+from worker.support.threads import Threads
 
 log = logging.getLogger("warden.consumer")
 
@@ -48,6 +50,21 @@ _WRITTEN_AFRESH = frozenset(
 every copy, never carried over."""
 
 
+def _traced(span: Span, outcome: Outcome) -> None:
+    """The job span's ``warden.outcome`` (done, dead_lettered, deferred, retry) and reason."""
+    match outcome:
+        case Done():
+            span.set("warden.outcome", "done")
+        case DeadLetter(denied):
+            span.set("warden.outcome", "dead_lettered")
+            span.set("warden.reason", denied.denial.reason)
+            span.failed(denied.denial.reason)
+        case Defer():
+            span.set("warden.outcome", "deferred")
+        case Again():
+            span.set("warden.outcome", "retry")
+
+
 class Consumer:
     """Handles the deliveries of every work queue of one worker."""
 
@@ -58,10 +75,14 @@ class Consumer:
         publisher: Channel,
         *,
         metrics: Metrics | None = None,
+        tracing: Tracing = NO_TRACING,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.gate = gate
         self.metrics = metrics or Metrics()
+        self.tracing = tracing
+        self.threads: ActionThreads = Threads(settings.action_threads, "warden-action")
+        """Where blocking actions run."""
         self._allowed_level = logging.getLevelName(settings.log_allowed_level)
         self.settings = settings
         self._publisher = publisher
@@ -92,11 +113,13 @@ class Consumer:
         self._acks.delivered(message)
         try:
             delivery = to_delivery(message, queue, self._trusted)
-            if quarantined:
-                outcome: Outcome = DeadLetter(delivery_limit_denial(delivery))
-            else:
-                outcome = await self.outcome(delivery)
-            await self.settle(message, delivery, outcome, quarantined=quarantined)
+            with self.tracing.job(queue, delivery.message_id, delivery.headers) as span:
+                if quarantined:
+                    outcome: Outcome = DeadLetter(delivery_limit_denial(delivery))
+                else:
+                    outcome = await self.outcome(delivery)
+                _traced(span, outcome)
+                await self.settle(message, delivery, outcome, quarantined=quarantined)
         except Exception:
             # A fault of warden's own, not a verdict: back to the queue, where the delivery
             # limit ends a message that keeps causing it (dead-lettered as delivery_limit).
@@ -112,19 +135,24 @@ class Consumer:
     async def outcome(self, delivery: Delivery) -> Outcome:
         """What should become of ``delivery``."""
         metrics, queue = self.metrics, delivery.queue
-        started = time.perf_counter()
-        try:
-            verdict = await self.gate.decide(delivery)
-        except Unavailable as exc:
-            metrics.decided(queue, "", "deferred", "", time.perf_counter() - started)
-            return Defer(str(exc))
-        elapsed = time.perf_counter() - started
-        if isinstance(verdict, Denied):
-            action = verdict.action or ""
-            if action and self.gate.registry.get(action) is None:
-                action = UNREGISTERED
-            metrics.decided(queue, action, "denied", verdict.denial.reason, elapsed)
-            return DeadLetter(verdict)
+        with self.tracing.step("decide") as span:
+            started = time.perf_counter()
+            try:
+                verdict = await self.gate.decide(delivery)
+            except Unavailable as exc:
+                metrics.decided(queue, "", "deferred", "", time.perf_counter() - started)
+                span.set("warden.decision", "deferred")
+                return Defer(str(exc))
+            elapsed = time.perf_counter() - started
+            if isinstance(verdict, Denied):
+                action = verdict.action or ""
+                if action and self.gate.registry.get(action) is None:
+                    action = UNREGISTERED
+                metrics.decided(queue, action, "denied", verdict.denial.reason, elapsed)
+                span.set("warden.decision", "denied")
+                span.set("warden.reason", verdict.denial.reason)
+                return DeadLetter(verdict)
+            span.set("warden.decision", "allowed")
         job = verdict.job
         metrics.decided(queue, job.action, "allowed", "", elapsed)
         if log.isEnabledFor(self._allowed_level):
@@ -141,11 +169,16 @@ class Consumer:
                     "traceparent": delivery.headers.get(names.HEADER_TRACEPARENT),
                 },
             )
-        started = time.perf_counter()
-        outcome = await run_action(verdict, self.settings.max_attempts)
-        metrics.action_seconds.labels(queue, job.action, _action_outcome(outcome)).observe(
-            time.perf_counter() - started
-        )
+        with self.tracing.step("action", **{"warden.action": job.action}) as span:
+            started = time.perf_counter()
+            outcome = await run_action(verdict, self.settings.max_attempts, self.threads)
+            result = _action_outcome(outcome)
+            metrics.action_seconds.labels(queue, job.action, result).observe(
+                time.perf_counter() - started
+            )
+            span.set("warden.action.outcome", result)
+            if result != "done":
+                span.failed(result)
         return outcome
 
     async def settle(

@@ -25,6 +25,7 @@ from worker.auth.setup import build_introspector, build_keyring, build_trust
 from worker.auth.verified import VerifiedTokens
 from worker.ops.health import Check, HealthServer
 from worker.ops.metrics import Metrics, StateCollector
+from worker.ops.tracing import NO_TRACING, Tracing
 from worker.pipeline.actions import Registry
 from worker.pipeline.decision import Gate
 from worker.service.consumer import Consumer
@@ -53,6 +54,22 @@ def steady_collector() -> None:
     gc.freeze()
     _, middle, oldest = gc.get_threshold()
     gc.set_threshold(YOUNG_COLLECTION_EVERY, middle, oldest)
+
+
+def _report_unfinished(consumer: Consumer) -> None:
+    """Name each blocking action still running after the grace period. A thread cannot be
+    stopped: it runs on until the process exits, and its job, never acked, goes back to its
+    queue when the channel closes."""
+    for (action, message_id), seconds in consumer.threads.running():
+        log.warning(
+            "a blocking action did not finish within the grace period; its job returns to the "
+            "queue",
+            extra={
+                "action": action,
+                "message_id": message_id,
+                "running_seconds": round(seconds, 3),
+            },
+        )
 
 
 async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
@@ -93,11 +110,14 @@ class Worker:
     revocations: RevocationList | None = None
     """The list the feed fills (by default one of ``WARDEN_REVOCATION_MAX_ENTRIES``; given by
     tests that inject faults into it)."""
+    tracing: Tracing = NO_TRACING
+    """Where the spans of jobs go (``warden run``: as the ``OTEL_*`` variables say)."""
 
     def __post_init__(self) -> None:
         self.metrics.watch(
             StateCollector(
                 in_flight=lambda: len(self.consumer.in_flight) if self.consumer else 0,
+                threads_busy=lambda: self.consumer.threads.busy() if self.consumer else 0,
                 revocation_entries=lambda: len(self.feed.revocations) if self.feed else 0,
                 revocation_faults=lambda: self.feed.faults if self.feed else 0,
                 revocations_untrusted=lambda: self.feed.untrusted if self.feed else 0,
@@ -198,7 +218,9 @@ class Worker:
         if stop.is_set():
             return
 
-        consumer = self.consumer = Consumer(gate, settings, publisher, metrics=self.metrics)
+        consumer = self.consumer = Consumer(
+            gate, settings, publisher, metrics=self.metrics, tracing=self.tracing
+        )
         handlers = {name: partial(consumer.on_message, name) for name in queues}
         for name in queues:
             # What the broker dead-lettered (the delivery limit) is written into the dead-letter
@@ -226,8 +248,10 @@ class Worker:
         await subscriptions.stop()
         if consumer.in_flight:
             await asyncio.wait(set(consumer.in_flight), timeout=settings.shutdown_grace_seconds)
+        _report_unfinished(consumer)
         for task in set(consumer.in_flight):
             task.cancel()
+        consumer.threads.close()
         await consumer.flushed()
         for open_channel in (publisher, channel):
             with contextlib.suppress(*TRANSPORT_ERRORS):
