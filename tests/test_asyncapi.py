@@ -112,7 +112,7 @@ async def test_warden_asyncapi_writes_a_valid_asyncapi_3_document_of_the_worker(
     assert flow["tokenUrl"] == f"{issuer.url}/token"
     assert {"orders:write", "reports:read", "admin"} <= set(flow["availableScopes"])
     assert operations["jobs.reports.read"]["security"][0]["scopes"] == ["reports:read"]
-    assert "Actors (act) agent-x may act" in operations["jobs.reports.delegated"]["summary"]
+    assert "Any actor (act) may act" in operations["jobs.reports.any_actor"]["summary"]
 
     # The dead letters, with the denial schema.
     dead_letter = resolve(document, channels["warden.dlx"]["messages"]["deadLetter"]["$ref"])

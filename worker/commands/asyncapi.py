@@ -148,8 +148,16 @@ def _notes(spec: ActionSpec) -> str:
     notes = [f"Needs the scopes {', '.join(sorted(spec.scopes)) or '(none)'}."]
     if isinstance(spec.actors, AnyActor):
         notes.append("Any actor (act) may act for the subject.")
-    elif spec.actors:
-        notes.append(f"Actors (act) {', '.join(sorted(spec.actors))} may act for the subject.")
+    elif isinstance(spec.actors, frozenset):
+        if spec.actors:
+            names = ", ".join(sorted(spec.actors))
+            notes.append(f"Actors (act) {names} of the token's own issuer may act for the subject.")
+    else:
+        per_issuer = "; ".join(
+            f"{', '.join(sorted(actors))} of {issuer}"
+            for issuer, actors in sorted(spec.actors.items())
+        )
+        notes.append(f"Actors (act) {per_issuer} may act for the subject.")
     if spec.introspect:
         notes.append("The token is introspected (RFC 7662) before every run.")
     if spec.model is not None:
