@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -27,6 +27,8 @@ from worker.ops.health import Check, HealthServer
 from worker.ops.metrics import Metrics, StateCollector
 from worker.pipeline.actions import Registry
 from worker.pipeline.decision import Gate
+from worker.pipeline.delivery import Delivery
+from worker.pipeline.outcomes import Outcome
 from worker.service.consumer import Consumer
 from worker.settings import Settings
 
@@ -93,6 +95,8 @@ class Worker:
     revocations: RevocationList | None = None
     """The list the feed fills (by default one of ``WARDEN_REVOCATION_MAX_ENTRIES``; given by
     tests that inject faults into it)."""
+    on_settled: Callable[[Delivery, Outcome], None] | None = None
+    """Told what became of each delivery once it is settled."""
 
     def __post_init__(self) -> None:
         self.metrics.watch(
@@ -198,7 +202,9 @@ class Worker:
         if stop.is_set():
             return
 
-        consumer = self.consumer = Consumer(gate, settings, publisher, metrics=self.metrics)
+        consumer = self.consumer = Consumer(
+            gate, settings, publisher, metrics=self.metrics, on_settled=self.on_settled
+        )
         handlers = {name: partial(consumer.on_message, name) for name in queues}
         for name in queues:
             # What the broker dead-lettered (the delivery limit) is written into the dead-letter
