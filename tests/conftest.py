@@ -15,7 +15,7 @@ import aio_pika
 import pytest
 
 from tests.support.actions import ran
-from tests.support.issuer import Issuer, JwksServer, jwks_server
+from tests.support.issuer import Issuer, JwksServer, TestIssuer, jwks_server
 from tests.support.logwatch import LogWatch
 from tests.support.rabbit import Rabbit
 from worker.auth.revocation import RevocationList
@@ -86,6 +86,19 @@ def jwks() -> Iterator[JwksServer]:
 @pytest.fixture
 def issuer(jwks: JwksServer) -> Issuer:
     return jwks.issuer("main")
+
+
+@pytest.fixture
+def warden_issuer() -> Iterator[TestIssuer]:
+    """The plugin's fixture, with every token it mints known to the leak checks."""
+    with TestIssuer() as served:
+        yield served
+
+
+@pytest.fixture(scope="session")
+def warden_broker_url(broker_url: str) -> str:
+    """The plugin's fixtures on the session's broker (which CI requires rather than skips)."""
+    return broker_url
 
 
 @pytest.fixture(autouse=True)
