@@ -130,10 +130,14 @@ async def request_token(
     token = answer.get("access_token")
     if not isinstance(token, str) or not token:
         raise TokenRequestFailed(f"POST {token_url}: no access_token in the answer")
+    # The sooner of expires_in and the JWT's exp: an exp in whole seconds may come up to a
+    # second sooner than expires_in says.
     expires_in = answer.get("expires_in")
+    lifetimes = [_lifetime_of(token)]
     if isinstance(expires_in, int | float) and not isinstance(expires_in, bool) and expires_in > 0:
-        return Granted(token, float(expires_in))
-    return Granted(token, _lifetime_of(token))
+        lifetimes.append(float(expires_in))
+    known = [lifetime for lifetime in lifetimes if lifetime is not None]
+    return Granted(token, min(known) if known else None)
 
 
 def _lifetime_of(token: str) -> float | None:
@@ -177,10 +181,10 @@ async def client_credentials_token(
 class ClientCredentials:
     """Tokens from the client-credentials grant, cached until shortly before they expire.
 
-    A token is used until ``refresh_before`` seconds before its expiry (``expires_in`` of the
-    answer, else the JWT's ``exp``), but never past half its lifetime, so that a short-lived
-    token is still fetched again before it expires; then the next call fetches a new one.
-    Concurrent calls share one request. A token whose lifetime is unknown is used for
+    A token is used until ``refresh_before`` seconds before its expiry (the sooner of the
+    answer's ``expires_in`` and the JWT's ``exp``), but never past half its lifetime, so that a
+    short-lived token is still fetched again before it expires; then the next call fetches a new
+    one. Concurrent calls share one request. A token whose lifetime is unknown is used for
     ``refresh_before`` seconds.
     """
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import pytest
 
@@ -25,10 +25,18 @@ from worker.testing.broker import RunningWorker, running_worker, scratch_queue
 from worker.testing.harness import Action
 from worker.testing.issuers import TestIssuer
 
-try:
-    from pytest_asyncio import fixture as async_fixture
-except ImportError:  # without pytest-asyncio, pytest itself says async fixtures need a plugin
-    async_fixture = pytest.fixture  # type: ignore[assignment]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def async_fixture(function: F) -> F:
+    """An async fixture run in the test's own event loop, whatever loop scope a suite sets as
+    its default (pytest-asyncio)."""
+    try:
+        import pytest_asyncio
+    except ImportError:  # without pytest-asyncio, pytest says async fixtures need a plugin
+        return cast(F, pytest.fixture(function))
+    return cast(F, pytest_asyncio.fixture(function, loop_scope="function"))
+
 
 StartWorker = Callable[..., Awaitable[RunningWorker]]
 """The type of the ``warden_worker`` fixture."""
