@@ -11,25 +11,19 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
-import aio_pika
 import pytest
 
 from tests.support.actions import ran
 from tests.support.issuer import Issuer, JwksServer, TestIssuer, jwks_server
 from tests.support.logwatch import LogWatch
 from tests.support.rabbit import Rabbit
+from worker.amqp.connection import probe
 from worker.auth.revocation import RevocationList
 from worker.pipeline.actions import Registry
 from worker.service.runner import Worker
 from worker.settings import Settings
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-async def _probe(url: str) -> None:
-    """A real AMQP handshake, not just an open port."""
-    connection = await aio_pika.connect(url, timeout=10)
-    await connection.close()
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +49,7 @@ def broker_url() -> Iterator[str]:
             pytest.fail(f"CI needs a broker: {reason}")
         pytest.skip(reason)
     try:
-        asyncio.run(_probe(url))
+        asyncio.run(probe(url))
     except Exception as exc:
         if IN_CI:
             raise

@@ -29,7 +29,7 @@ from worker.pipeline.actions import Registry
 from worker.pipeline.delivery import Delivery
 from worker.pipeline.outcomes import Outcome
 from worker.pipeline.results import JobResult
-from worker.service.runner import Worker
+from worker.service.runner import Worker, until_consuming
 from worker.settings import Settings, load_settings
 from worker.support import strictjson
 from worker.support.clock import rfc3339
@@ -153,17 +153,10 @@ class Session:
             on_settled=self._settled,
         )
         self._task = asyncio.create_task(worker.run(self._stop))
-        ready = asyncio.create_task(worker.ready.wait())
-        done, _ = await asyncio.wait(
-            {ready, self._task}, timeout=START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
-        )
-        ready.cancel()
-        if self._task in done:
-            self._task.result()
-        if ready not in done:
-            raise errors.ConfigurationError(
-                f"the worker did not start consuming within {START_TIMEOUT:.0f}s"
-            )
+        try:
+            await until_consuming(worker, self._task, START_TIMEOUT)
+        except TimeoutError as exc:
+            raise errors.ConfigurationError(str(exc)) from None
         return time.monotonic() - started
 
     async def publish(self) -> None:

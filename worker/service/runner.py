@@ -78,6 +78,22 @@ async def _hold_while_unreliable(feed: RevocationFeed, subscriptions: Subscripti
         log.warning("taking jobs again")
 
 
+async def until_consuming(worker: Worker, running: asyncio.Task[None], within: float) -> None:
+    """Return once ``worker``, run by the task ``running``, consumes from every queue; raise
+    what the worker raised if it ended first, or TimeoutError after ``within`` seconds."""
+    ready = asyncio.create_task(worker.ready.wait())
+    try:
+        done, _ = await asyncio.wait(
+            {ready, running}, timeout=within, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        ready.cancel()
+    if running in done:
+        running.result()
+    if ready not in done:
+        raise TimeoutError(f"the worker did not start consuming within {within:.0f}s")
+
+
 @dataclass
 class Worker:
     """One worker process's consumers, over every configured queue."""

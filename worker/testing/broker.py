@@ -19,7 +19,7 @@ from worker.devissuer.issuer import Issuer
 from worker.pipeline.delivery import Delivery
 from worker.pipeline.outcomes import Outcome
 from worker.pipeline.results import JobResult
-from worker.service.runner import Worker
+from worker.service.runner import Worker, until_consuming
 from worker.settings import Settings
 from worker.testing.harness import Action, registry_of
 
@@ -139,15 +139,7 @@ async def running_worker(
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:
-        ready = asyncio.create_task(worker.ready.wait())
-        done, _ = await asyncio.wait(
-            {ready, task}, timeout=START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
-        )
-        ready.cancel()
-        if task in done:
-            task.result()
-        if ready not in done:
-            raise TimeoutError(f"the worker did not start consuming {queue} in {START_TIMEOUT}s")
+        await until_consuming(worker, task, START_TIMEOUT)
         yield running
     finally:
         stop.set()
