@@ -86,7 +86,12 @@ async def _demo(session: Session, keep_running: bool, console: Console) -> bool:
         _show_dead_letters(session, counts, console)
         denied = sum(1 for r in session.rows.values() if r.result is not None and r.result.denied)
         ok = settled and all(r.as_expected for r in session.rows.values())
-        ok = ok and sum(counts.values()) == denied
+        if sum(counts.values()) != denied:
+            ok = False
+            console.print(
+                f"[red]{denied} jobs were refused, but {session.queue}.dlq holds "
+                f"{sum(counts.values())} dead letters[/red]"
+            )
         if not keep_running:
             _show_next(session, console)
             return ok

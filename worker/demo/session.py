@@ -79,17 +79,21 @@ class Session:
     def __init__(self, queue: str, **settings: Any) -> None:
         self.queue = queue
         self.issuer = DevIssuer(audience=AUDIENCE, defaults=TOKEN_DEFAULTS)
-        self.settings = load_settings(
-            Settings,
-            queues=(queue,),
-            issuer=self.issuer.url,
-            issuers=(),
-            audience=AUDIENCE,
-            actions=(DEMO_ACTIONS,),
-            http_port=0,
-            worker_id=f"demo-{os.getpid()}",
-            **settings,
-        )
+        try:
+            self.settings = load_settings(
+                Settings,
+                queues=(queue,),
+                issuer=self.issuer.url,
+                issuers=(),
+                audience=AUDIENCE,
+                actions=(DEMO_ACTIONS,),
+                http_port=0,
+                worker_id=f"demo-{os.getpid()}",
+                **settings,
+            )
+        except errors.ConfigurationError:
+            self.issuer.stop()
+            raise
         self.url = self.settings.broker_url.get_secret_value()
         self.rows: dict[str, Row] = {}
         self.others: asyncio.Queue[Other] = asyncio.Queue()

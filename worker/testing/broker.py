@@ -130,6 +130,7 @@ async def running_worker(
         "broker_url": broker_url,
         "queues": (queue,),
         "issuer": issuer.url,
+        "issuers": (),
         "audience": issuer.audience,
         "worker_id": f"test-{uuid.uuid4().hex[:8]}",
         **settings,

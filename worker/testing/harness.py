@@ -123,10 +123,13 @@ class TestWorker:
         self.registry = registry_of(actions)
         self.queue = queue
         self.settings = Settings(
-            issuer=issuer.url,
-            audience=audience or getattr(issuer, "audience", None),
-            queues=(queue,),
-            **settings,
+            **{
+                "issuer": issuer.url,
+                "issuers": (),
+                "audience": audience or getattr(issuer, "audience", None),
+                "queues": (queue,),
+                **settings,
+            }
         )
         self.revocations = RevocationList()
         self.keys = LocalKeys(issuer)
