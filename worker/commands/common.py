@@ -95,7 +95,10 @@ def token_source_from(options: dict[str, Any]) -> TokenSource:
     if len(given) > 1:
         raise click.UsageError(f"give one of {', '.join(given)}")
     if token_file is not None:
-        return StaticToken(str(token_file.read_text(encoding="ascii").strip()))
+        text = str(token_file.read_text(encoding="ascii").strip())
+        if not text:
+            raise click.UsageError(f"--token-file {token_file} is empty")
+        return StaticToken(text)
     if token:
         return StaticToken(str(token))
     if token_url:
