@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -59,10 +60,37 @@ def environment(broker_url: str, home: Path) -> dict[str, str]:
     }
 
 
-def forget_demo_queue(rabbit: Rabbit, queue: str) -> None:
+@dataclass
+class Demo:
+    """Where a test runs the demo: a queue of its own, and a user's home with nothing in it."""
+
+    queue: str
+    home: Path
+    env: dict[str, str]
+
+    async def warden(self, *args: str, logs: bool = True) -> asyncio.subprocess.Process:
+        """``warden ARGS`` as the user runs it, in their home."""
+        assert WARDEN is not None
+        return await asyncio.create_subprocess_exec(
+            WARDEN,
+            *args,
+            env=self.env,
+            cwd=self.home,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE if logs else asyncio.subprocess.DEVNULL,
+        )
+
+
+@pytest.fixture
+def demo(broker_url: str, rabbit: Rabbit, tmp_path: Path) -> Demo:
     from worker.settings import Settings
 
+    assert WARDEN is not None
+    queue = f"t-demo-{uuid.uuid4().hex[:8]}"
     rabbit.forget_later(queue, Settings(issuer="x", audience="x").retry_tiers())
+    home = tmp_path / "home"
+    home.mkdir()
+    return Demo(queue, home, environment(broker_url, home))
 
 
 def read_private(path: Path) -> str:
@@ -78,28 +106,15 @@ def test_the_readme_opens_with_the_demo() -> None:
 
 
 async def test_the_demo_shows_allowed_jobs_and_refusals_that_dlq_stats_counts_alike(
-    broker_url: str, rabbit: Rabbit, tmp_path: Path
+    demo: Demo,
 ) -> None:
     assert WARDEN is not None
-    queue = f"t-demo-{uuid.uuid4().hex[:8]}"
-    forget_demo_queue(rabbit, queue)
-    home = tmp_path / "home"
-    home.mkdir()
-    env = environment(broker_url, home)
+    queue, home = demo.queue, demo.home
     command = readme_commands()[0].split("&&")[-1].split()
     assert command == ["warden", "demo"]
 
     started = time.monotonic()
-    process = await asyncio.create_subprocess_exec(
-        WARDEN,
-        *command[1:],
-        "--queue",
-        queue,
-        env=env,
-        cwd=home,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await demo.warden(*command[1:], "--queue", queue)
     out, err = await asyncio.wait_for(process.communicate(), 90)
     took = time.monotonic() - started
     printed, logged = out.decode(), err.decode()
@@ -114,15 +129,7 @@ async def test_the_demo_shows_allowed_jobs_and_refusals_that_dlq_stats_counts_al
     shown = {r[0]: int(r[1]) for r in rows(printed, 2) if r[1].isdigit() and r[0] != "all"}
     assert shown == refusals
 
-    stats = await asyncio.create_subprocess_exec(
-        WARDEN,
-        "dlq",
-        "stats",
-        queue,
-        "--json",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-    )
+    stats = await demo.warden("dlq", "stats", queue, "--json")
     counted, _ = await stats.communicate()
     assert json.loads(counted) == {queue: dict(refusals)}
 
@@ -139,25 +146,11 @@ async def test_the_demo_shows_allowed_jobs_and_refusals_that_dlq_stats_counts_al
 
 
 async def test_keep_running_prints_a_token_command_and_a_publish_command_that_work(
-    broker_url: str, rabbit: Rabbit, tmp_path: Path
+    demo: Demo, tmp_path: Path
 ) -> None:
     assert WARDEN is not None
-    queue = f"t-demo-{uuid.uuid4().hex[:8]}"
-    forget_demo_queue(rabbit, queue)
-    home = tmp_path / "home"
-    home.mkdir()
-    env = environment(broker_url, home)
-    process = await asyncio.create_subprocess_exec(
-        WARDEN,
-        "demo",
-        "--keep-running",
-        "--queue",
-        queue,
-        env=env,
-        cwd=home,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    queue, home, env = demo.queue, demo.home, demo.env
+    process = await demo.warden("demo", "--keep-running", "--queue", queue, logs=False)
     assert process.stdout is not None
     printed: list[str] = []
 
@@ -181,7 +174,7 @@ async def test_keep_running_prints_a_token_command_and_a_publish_command_that_wo
             "bash",
             "-ec",
             "\n".join(commands),
-            env=environment(broker_url, home) | {"PATH": os.environ["PATH"]},
+            env=env,
             cwd=work,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

@@ -19,12 +19,31 @@ from tests.support.rabbit import Rabbit
 from tests.support.rabbitmqctl import as_user, broker_users, rabbitmqctl, scratch_vhost
 from worker import ClientCredentials, JobRefused, NewJob, Publisher, errors
 from worker.auth.proof import ProofKey
+from worker.testing import RunningWorker
 from worker.testing.plugin import StartWorker
 
 pytestmark = pytest.mark.broker
 
 ACTIONS = "tests.support.actions"
 WRITE = "reports:write"
+
+
+@pytest.fixture
+async def worker(warden_worker: StartWorker) -> RunningWorker:
+    """A worker on the test's queue, running the tests' actions."""
+    return await warden_worker(ACTIONS)
+
+
+@pytest.fixture
+def writer(warden_issuer: TestIssuer) -> str:
+    """A token that may run reports.generate."""
+    return warden_issuer.token(scope=WRITE)
+
+
+@pytest.fixture
+def missing() -> str:
+    """A queue no one declared."""
+    return f"missing-{uuid.uuid4().hex[:8]}"
 
 
 async def test_client_credentials_renews_the_token_before_each_expiry_and_not_per_job(
@@ -62,17 +81,15 @@ async def test_client_credentials_renews_the_token_before_each_expiry_and_not_pe
 
 
 async def test_publish_many_keeps_a_window_of_jobs_awaiting_their_confirm(
-    warden_worker: StartWorker, warden_issuer: TestIssuer, broker_url: str
+    worker: RunningWorker, writer: str, broker_url: str
 ) -> None:
-    worker = await warden_worker(ACTIONS)
-    token = warden_issuer.token(scope=WRITE)
     sent = 0
     sent_at_first_confirm: list[int] = []
 
     def counting() -> str:
         nonlocal sent
         sent += 1
-        return token
+        return writer
 
     def confirmed(_: str) -> None:
         if not sent_at_first_confirm:
@@ -90,9 +107,8 @@ async def test_publish_many_keeps_a_window_of_jobs_awaiting_their_confirm(
 
 
 async def test_a_sender_constrained_token_from_the_grant_runs_with_its_proof_only(
-    warden_worker: StartWorker, warden_issuer: TestIssuer, broker_url: str
+    worker: RunningWorker, warden_issuer: TestIssuer, broker_url: str
 ) -> None:
-    worker = await warden_worker(ACTIONS)
     key = ProofKey.generate()
     client = warden_issuer.register("signer", scopes={WRITE}, bound_to=key)
     source = ClientCredentials(warden_issuer.token_url, "signer", client.secret)
@@ -107,9 +123,8 @@ async def test_a_sender_constrained_token_from_the_grant_runs_with_its_proof_onl
 
 
 async def test_a_token_function_is_asked_for_each_job(
-    warden_worker: StartWorker, warden_issuer: TestIssuer, broker_url: str
+    worker: RunningWorker, warden_issuer: TestIssuer, broker_url: str
 ) -> None:
-    worker = await warden_worker(ACTIONS)
     asked: list[int] = []
 
     async def fresh() -> str:
@@ -126,12 +141,9 @@ async def test_a_token_function_is_asked_for_each_job(
 
 
 async def test_a_job_for_a_queue_that_does_not_exist_is_refused_as_unroutable(
-    warden_worker: StartWorker, warden_issuer: TestIssuer, broker_url: str, rabbit: Rabbit
+    worker: RunningWorker, writer: str, broker_url: str, missing: str
 ) -> None:
-    worker = await warden_worker(ACTIONS)
-    token = warden_issuer.token(scope=WRITE)
-    missing = f"missing-{uuid.uuid4().hex[:8]}"
-    async with Publisher(broker_url, token, queue=missing) as publisher:
+    async with Publisher(broker_url, writer, queue=missing) as publisher:
         with pytest.raises(errors.JobUnroutable) as refused:
             await publisher.publish("reports.generate", message_id="lost-1")
         # The publisher goes on: the next job, to a queue a worker declared, is confirmed.
@@ -147,15 +159,12 @@ async def test_a_job_for_a_queue_that_does_not_exist_is_refused_as_unroutable(
 
 
 async def test_only_confirmed_jobs_are_reported_published_when_one_is_refused(
-    warden_worker: StartWorker, warden_issuer: TestIssuer, broker_url: str, rabbit: Rabbit
+    worker: RunningWorker, writer: str, broker_url: str, missing: str
 ) -> None:
-    worker = await warden_worker(ACTIONS)
-    token = warden_issuer.token(scope=WRITE)
-    missing = f"missing-{uuid.uuid4().hex[:8]}"
     jobs = [NewJob("reports.generate", message_id=f"ok-{n}") for n in range(5)]
     jobs.append(NewJob("reports.generate", message_id="lost", queue=missing))
     jobs += [NewJob("reports.generate", message_id=f"later-{n}") for n in range(5)]
-    async with Publisher(broker_url, token, queue=worker.queue, window=4) as publisher:
+    async with Publisher(broker_url, writer, queue=worker.queue, window=4) as publisher:
         with pytest.raises(JobRefused) as refused:
             await publisher.publish_many(jobs)
     confirmed = refused.value.confirmed
@@ -169,16 +178,14 @@ async def test_only_confirmed_jobs_are_reported_published_when_one_is_refused(
 
 
 async def test_a_user_without_write_permission_is_refused_by_name(
-    warden_worker: StartWorker, warden_issuer: TestIssuer, broker_url: str, rabbit: Rabbit
+    worker: RunningWorker, writer: str, broker_url: str, rabbit: Rabbit
 ) -> None:
-    worker = await warden_worker(ACTIONS)
-    token = warden_issuer.token(scope=WRITE)
     name = f"t-reader-{uuid.uuid4().hex[:8]}"
     async with broker_users(name) as passwords:
         # May read anything, write nothing.
         await rabbitmqctl("set_permissions", "-p", "/", name, "^$", "^$", ".*")
         url = as_user(broker_url, name, passwords[name])
-        async with Publisher(url, token, queue=worker.queue) as publisher:
+        async with Publisher(url, writer, queue=worker.queue) as publisher:
             with pytest.raises(errors.JobAccessRefused) as refused:
                 await publisher.publish_many([NewJob("reports.generate") for _ in range(3)])
         said = str(refused.value)
@@ -199,7 +206,7 @@ async def test_a_user_without_write_permission_is_refused_by_name(
             env={
                 **{k: v for k, v in os.environ.items() if not k.startswith("WARDEN_")},
                 "WARDEN_BROKER_URL": url,
-                "WARDEN_TOKEN": token,
+                "WARDEN_TOKEN": writer,
             },
             cwd=Path(__file__).parent.parent,
             stdout=asyncio.subprocess.PIPE,

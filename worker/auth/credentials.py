@@ -156,28 +156,6 @@ def _lifetime_of(token: str) -> float | None:
     return max(float(exp) - time.time(), 0.0)
 
 
-async def client_credentials_token(
-    token_url: str,
-    client_id: str,
-    client_secret: str,
-    *,
-    scope: str | None = None,
-    resource: str | None = None,
-    http_timeout: float = 10.0,
-) -> str:
-    """An access token for ``client_id``, asked for once (``warden dlq replay``, ``warden
-    token``)."""
-    granted = await request_token(
-        token_url,
-        client_id,
-        client_secret,
-        scope=scope,
-        resource=resource,
-        http_timeout=http_timeout,
-    )
-    return granted.token
-
-
 class ClientCredentials:
     """Tokens from the client-credentials grant, cached until shortly before they expire.
 

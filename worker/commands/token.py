@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from worker.auth.credentials import client_credentials_token
+from worker.auth.credentials import ClientCredentials
 from worker.commands.common import run_or_exit
 
 
@@ -25,9 +25,9 @@ def token(
     """Print an access token of the client-credentials grant (for a token file, or a pipe)."""
     click.echo(
         run_or_exit(
-            client_credentials_token(
+            ClientCredentials(
                 token_url, client_id, client_secret, scope=scope, resource=resource
-            ),
+            ).token(),
             "getting a token",
         )
     )

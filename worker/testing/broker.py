@@ -82,27 +82,9 @@ class RunningWorker:
         async with asyncio.timeout(within):
             return await asyncio.shield(future)
 
-    async def run(
-        self,
-        action: str,
-        payload: Mapping[str, Any] | None = None,
-        *,
-        token: str,
-        message_id: str | None = None,
-        headers: Mapping[str, Any] | None = None,
-        proof_key: ProofKey | None = None,
-        within: float = 30.0,
-    ) -> JobResult:
-        """Publish a job and wait for its final result (:meth:`publish`, then :meth:`result`)."""
-        mid = await self.publish(
-            action,
-            payload,
-            token=token,
-            message_id=message_id,
-            headers=headers,
-            proof_key=proof_key,
-        )
-        return await self.result(mid, within)
+    async def run(self, action: str, *args: Any, within: float = 30.0, **job: Any) -> JobResult:
+        """Publish a job (the arguments of :meth:`publish`) and wait for its final result."""
+        return await self.result(await self.publish(action, *args, **job), within)
 
     async def dead_letters(self) -> list[Letter]:
         """The dead letters of the worker's queue, oldest first, read as ``warden dlq`` reads
