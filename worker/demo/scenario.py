@@ -51,7 +51,6 @@ class Scenario:
 
     jobs: list[DemoJob]
     revoked_jti: str
-    sources: list[ClientCredentials]
 
 
 def register_clients(issuer: DevIssuer, signer_key: ProofKey) -> None:
@@ -153,4 +152,4 @@ def scenario(issuer: DevIssuer) -> Scenario:
             {"report": 42},
         ),
     ]
-    return Scenario(jobs, revoked_jti, [reporter, reader, signer])
+    return Scenario(jobs, revoked_jti)
