@@ -11,13 +11,13 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
-import aio_pika
 import pytest
 
 from tests.support.actions import ran
-from tests.support.issuer import Issuer, JwksServer, jwks_server
+from tests.support.issuer import Issuer, JwksServer, TestIssuer, jwks_server
 from tests.support.logwatch import LogWatch
 from tests.support.rabbit import Rabbit
+from worker.amqp.connection import probe
 from worker.auth.revocation import RevocationList
 from worker.ops.tracing import NO_TRACING, Tracing
 from worker.pipeline.actions import Registry
@@ -25,12 +25,6 @@ from worker.service.runner import Worker
 from worker.settings import Settings
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-async def _probe(url: str) -> None:
-    """A real AMQP handshake, not just an open port."""
-    connection = await aio_pika.connect(url, timeout=10)
-    await connection.close()
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +50,7 @@ def broker_url() -> Iterator[str]:
             pytest.fail(f"CI needs a broker: {reason}")
         pytest.skip(reason)
     try:
-        asyncio.run(_probe(url))
+        asyncio.run(probe(url))
     except Exception as exc:
         if IN_CI:
             raise
@@ -87,6 +81,19 @@ def jwks() -> Iterator[JwksServer]:
 @pytest.fixture
 def issuer(jwks: JwksServer) -> Issuer:
     return jwks.issuer("main")
+
+
+@pytest.fixture
+def warden_issuer() -> Iterator[TestIssuer]:
+    """The plugin's fixture, with every token it mints known to the leak checks."""
+    with TestIssuer() as served:
+        yield served
+
+
+@pytest.fixture(scope="session")
+def warden_broker_url(broker_url: str) -> str:
+    """The plugin's fixtures on the session's broker (which CI requires rather than skips)."""
+    return broker_url
 
 
 @pytest.fixture(autouse=True)

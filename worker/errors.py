@@ -271,6 +271,54 @@ class PublishFailed(Transient):
     """The broker did not confirm a publish (a dead letter, a requeued copy, a job)."""
 
 
+class JobRefused(WardenError):
+    """A job a :class:`worker.Publisher` sent was not confirmed; ``cause`` names the broker's
+    refusal. ``message_id`` is the job's; ``confirmed`` lists the jobs of the same call that the
+    broker did confirm (nothing else was published)."""
+
+    cause: ClassVar[str]
+
+    def __init__(self, detail: str, *, message_id: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.message_id = message_id
+        self.confirmed: list[str] = []
+
+
+class JobUnroutable(JobRefused, Permanent):
+    """The broker returned the job (``NO_ROUTE``): no queue of that name is bound to
+    ``warden.jobs``."""
+
+    cause = "unroutable"
+
+
+class JobAccessRefused(JobRefused, Permanent):
+    """The broker refused the publisher's user (``ACCESS_REFUSED``): no write permission on
+    ``warden.jobs``, or a login it does not accept."""
+
+    cause = "access_refused"
+
+
+class JobExchangeMissing(JobRefused, Permanent):
+    """``warden.jobs`` does not exist (``NOT_FOUND``): no worker has declared it yet."""
+
+    cause = "exchange_missing"
+
+
+class JobNacked(JobRefused, Transient):
+    """The broker answered the publish with a negative acknowledgement (a full queue that
+    rejects publishes, an internal error)."""
+
+    cause = "nacked"
+
+
+class JobNotConfirmed(JobRefused, Transient):
+    """The connection or channel closed before the broker confirmed the job: it may or may not
+    have been enqueued."""
+
+    cause = "not_confirmed"
+
+
 class Reject(Permanent):
     """Raised by an action to refuse a job for good: it is dead-lettered ``action_rejected``."""
 

@@ -2,7 +2,8 @@
 
 Shared by ``tests/test_decision.py``, ``tests/attacks/`` and the property-based tests: keys come
 from the test issuers' JWKS documents parsed by :func:`worker.auth.keys.parse_jwks`, exactly as
-a worker parses what it fetches; settings are built as a worker builds them.
+a worker parses what it fetches (:class:`worker.testing.LocalKeys`); settings are built as a
+worker builds them.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from typing import Any
 
 import pytest
@@ -18,13 +18,12 @@ import pytest
 from tests.support.issuer import AUDIENCE, Issuer
 from tests.support.leaks import assert_no_leak
 from worker import errors
-from worker.auth.keys import parse_jwks
 from worker.auth.setup import build_trust
-from worker.auth.tokens import VerificationKey
 from worker.pipeline.actions import Registry
 from worker.pipeline.decision import Allowed, Denied, Gate
 from worker.pipeline.delivery import Delivery
 from worker.settings import Settings
+from worker.testing.harness import LocalKeys as MemoryKeys
 
 REGISTRY = Registry.from_modules(["tests.support.actions"])
 
@@ -37,40 +36,6 @@ BEFORE_SIGNATURE = {
     "signature_invalid",
 }
 """Reasons of checks 3 to 8: the token was parsed but never verified."""
-
-
-class MemoryKeys:
-    """A :class:`~worker.pipeline.decision.KeyStore` over issuers' JWKS documents held in memory.
-
-    A fetch is ``parse_jwks(issuer.jwks(), issuer.url)``, so keys an issuer adds after the store
-    was built are found by a refetch, exactly as a worker would find them over HTTP.
-    """
-
-    def __init__(self, *issuers: Issuer) -> None:
-        self._issuers = {issuer.url: issuer for issuer in issuers}
-        self._keys: dict[str, dict[str, VerificationKey]] = {}
-        self._fetched: dict[str, float] = {}
-        self.refetches: list[str] = []
-        for url in self._issuers:
-            self._fetch(url)
-
-    def _fetch(self, issuer: str) -> None:
-        self._fetched[issuer] = time.time()
-        self._keys[issuer] = parse_jwks(self._issuers[issuer].jwks(), issuer)
-
-    def key(self, issuer: str, kid: str) -> VerificationKey | None:
-        return self._keys.get(issuer, {}).get(kid)
-
-    def loaded(self, issuer: str) -> bool:
-        return issuer in self._keys
-
-    def fetched_at(self, issuer: str) -> float | None:
-        return self._fetched.get(issuer)
-
-    async def refetch(self, issuer: str) -> None:
-        self.refetches.append(issuer)
-        if issuer in self._issuers:
-            self._fetch(issuer)
 
 
 def clear_warden_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,7 +1,6 @@
-"""A test-only authorization server: signing keys, token minting and a JWKS endpoint.
-
-Nothing under ``worker/`` can sign a token; everything that does lives here, and every token made
-here is remembered (:func:`tests.support.leaks.minted`) so that no output of the run may show it.
+"""The tests' authorization servers: warden's development issuer (:mod:`worker.devissuer`)
+with every token it mints remembered (:func:`tests.support.leaks.minted`), so that no output of
+the run may show it; hand-made tokens no issuer would sign; a JWKS server that can fail.
 """
 
 from __future__ import annotations
@@ -9,22 +8,39 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
-import uuid
 from base64 import urlsafe_b64encode
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm, get_default_algorithms
+from jwt.algorithms import get_default_algorithms
 
 from tests.support.leaks import minted
+from worker import devissuer, testing
+from worker.devissuer import DROP, SigningKey
+
+__all__ = [
+    "AUDIENCE",
+    "DROP",
+    "Issuer",
+    "JwksServer",
+    "SigningKey",
+    "TestIssuer",
+    "b64",
+    "encoded",
+    "jwks_server",
+    "sign",
+    "unsigned",
+]
 
 AUDIENCE = "https://warden.test/jobs"
+DEFAULTS = {
+    "sub": "service-account-reports",
+    "client_id": "reports-service",
+    "scope": "reports:write reports:read",
+}
+"""What a test's token says unless the test says otherwise."""
 
 
 def b64(data: bytes) -> str:
@@ -32,113 +48,24 @@ def b64(data: bytes) -> str:
     return urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-@dataclass
-class SigningKey:
-    """A private key with its kid and the algorithm it signs with."""
+class Issuer(devissuer.Issuer):
+    """The development issuer's authority, for the tests' audience and defaults, every token
+    it signs remembered as minted."""
 
-    kid: str
-    alg: str
-    private: Any
+    def __init__(
+        self, url: str, keys: list[SigningKey] | None = None, audience: str = AUDIENCE
+    ) -> None:
+        super().__init__(url, keys or (), audience, defaults=DEFAULTS)
 
-    @classmethod
-    def generate(cls, alg: str = "RS256", kid: str | None = None) -> SigningKey:
-        kid = kid or f"{alg.lower()}-{uuid.uuid4().hex[:8]}"
-        if alg.startswith(("RS", "PS")):
-            private: Any = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        elif alg == "ES256":
-            private = ec.generate_private_key(ec.SECP256R1())
-        elif alg == "EdDSA":
-            private = ed25519.Ed25519PrivateKey.generate()
-        else:
-            raise ValueError(alg)
-        return cls(kid, alg, private)
-
-    def public_jwk(self, *, with_alg: bool = True) -> dict[str, Any]:
-        public = self.private.public_key()
-        if self.alg.startswith(("RS", "PS")):
-            jwk = RSAAlgorithm.to_jwk(public, as_dict=True)
-        elif self.alg == "ES256":
-            jwk = ECAlgorithm.to_jwk(public, as_dict=True)
-        else:
-            jwk = OKPAlgorithm.to_jwk(public, as_dict=True)
-        jwk.update(kid=self.kid, use="sig")
-        if with_alg:
-            jwk["alg"] = self.alg
-        return jwk
-
-    def public_pem(self) -> bytes:
-        from cryptography.hazmat.primitives import serialization
-
-        return self.private.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+    def sign(self, claims: Mapping[str, Any], **options: Any) -> str:
+        return minted(super().sign(claims, **options))
 
 
-@dataclass
-class Issuer:
-    """An authorization server as far as warden can see one: an ``iss`` and its keys."""
+class TestIssuer(testing.TestIssuer):
+    """:class:`worker.testing.TestIssuer`, every token it signs remembered as minted."""
 
-    url: str
-    keys: list[SigningKey] = field(default_factory=list)
-    audience: str = AUDIENCE
-
-    def __post_init__(self) -> None:
-        if not self.keys:
-            self.keys.append(SigningKey.generate("RS256"))
-
-    @property
-    def key(self) -> SigningKey:
-        """The key it signs with now (the last one added)."""
-        return self.keys[-1]
-
-    def jwks(self) -> dict[str, Any]:
-        return {"keys": [k.public_jwk() for k in self.keys]}
-
-    def claims(self, **overrides: Any) -> dict[str, Any]:
-        now = int(time.time())
-        claims: dict[str, Any] = {
-            "iss": self.url,
-            "sub": "service-account-reports",
-            "client_id": "reports-service",
-            "aud": self.audience,
-            "iat": now,
-            "exp": now + 300,
-            "jti": uuid.uuid4().hex,
-            "scope": "reports:write reports:read",
-        }
-        return overridden(claims, overrides)
-
-    def token(
-        self,
-        *,
-        key: SigningKey | None = None,
-        alg: str | None = None,
-        header: dict[str, Any] | None = None,
-        **claims: Any,
-    ) -> str:
-        """A signed access token (``typ: at+jwt``) with default claims and ``claims`` over them."""
-        key = key or self.key
-        headers = {"typ": "at+jwt", "kid": key.kid, **(header or {})}
-        return minted(
-            jwt.encode(
-                self.claims(**claims), key.private, algorithm=alg or key.alg, headers=headers
-            )
-        )
-
-
-DROP = object()
-"""Pass as a claim value to leave that claim out of a token."""
-
-
-def overridden(claims: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """``claims`` with ``overrides`` over them; a claim overridden with :data:`DROP` is left out."""
-    out = dict(claims)
-    for name, value in overrides.items():
-        if value is DROP:
-            out.pop(name, None)
-        else:
-            out[name] = value
-    return out
+    def sign(self, claims: Mapping[str, Any], **options: Any) -> str:
+        return minted(super().sign(claims, **options))
 
 
 def unsigned(header: dict[str, Any], claims: dict[str, Any], signature: bytes = b"") -> str:

@@ -55,3 +55,9 @@ async def connect(url: str, worker_id: str) -> AbstractRobustConnection:
                 url, client_properties={"connection_name": f"warden {worker_id}"}
             )
     raise AssertionError("unreachable: the retry loop only ends by returning or raising")
+
+
+async def probe(url: str) -> None:
+    """Connect and close: a real AMQP handshake, not just an open port (10 s at most)."""
+    connection = await aio_pika.connect(url, timeout=10)
+    await connection.close()

@@ -19,7 +19,7 @@ it cannot encode again, which are left out and logged rather than ending the mov
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -216,3 +216,27 @@ async def connected(url: str, name: str, user: str) -> AsyncIterator[Queues]:
     connection = await aio_pika.connect(url, client_properties={"connection_name": name})
     async with connection:
         yield Queues(connection, user)
+
+
+@asynccontextmanager
+async def _channel(url: str) -> AsyncIterator[AbstractChannel]:
+    connection = await aio_pika.connect(url, client_properties={"connection_name": "warden queues"})
+    async with connection:
+        yield await connection.channel()
+
+
+async def consumers(url: str, queue: str) -> int | None:
+    """How many consumers ``queue`` has, or None when it does not exist."""
+    async with _channel(url) as channel:
+        try:
+            declared = await channel.declare_queue(queue, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return None
+        return declared.declaration_result.consumer_count
+
+
+async def delete_queues(url: str, queues: Iterable[str]) -> None:
+    """Delete ``queues`` and every message in them; a queue that does not exist is no error."""
+    async with _channel(url) as channel:
+        for queue in queues:
+            await channel.queue_delete(queue)

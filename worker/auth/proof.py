@@ -15,8 +15,9 @@ queues and behind a stopped worker for as long as the broker keeps it, and is bo
 token's own ``exp``. Only an ``iat`` in the future beyond the leeway is refused.
 
 :func:`check_proof` is the verifier, pure like the rest of the decision. :class:`ProofKey` is the
-publisher's side (``warden publish --proof-key``): the one thing under ``worker/`` that signs,
-and it only ever signs proofs with the publisher's own key, never an access token.
+publisher's side (``warden publish --proof-key``): it only ever signs proofs with the publisher's
+own key, never an access token (only the development issuer, :mod:`worker.devissuer`, mints
+those, for demos and tests).
 """
 
 from __future__ import annotations
@@ -34,7 +35,12 @@ from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    load_pem_private_key,
+)
 from jwt.algorithms import get_default_algorithms
 from jwt.exceptions import PyJWTError
 
@@ -278,6 +284,13 @@ class ProofKey:
         if not fit.fits(chosen):
             raise errors.ConfigurationError(f"alg {chosen!r} does not fit the proof key")
         return key
+
+    @classmethod
+    def generate(cls) -> ProofKey:
+        """A new EC P-256 key (ES256), held in memory only."""
+        private = ec.generate_private_key(ec.SECP256R1())
+        pem = private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+        return cls.from_pem(pem)
 
     @classmethod
     def from_file(cls, path: Path, *, password: bytes | None = None) -> ProofKey:

@@ -12,7 +12,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from worker.auth.credentials import client_credentials_token
+from worker.auth.credentials import ClientCredentials, StaticToken, TokenSource
 from worker.errors import ConfigurationError, TokenRequestFailed, WardenError
 from worker.settings import S, load_settings
 
@@ -76,8 +76,9 @@ def token_options(command: F) -> F:
     return command
 
 
-def obtain_token(options: dict[str, Any]) -> str:
-    """The token the token options name, asking the authorization server if need be.
+def token_source_from(options: dict[str, Any]) -> TokenSource:
+    """The token source the token options name: a token given, or the client-credentials
+    grant, which fetches a new token before the current one expires.
 
     Pops the token options from ``options``.
     """
@@ -94,20 +95,28 @@ def obtain_token(options: dict[str, Any]) -> str:
     if len(given) > 1:
         raise click.UsageError(f"give one of {', '.join(given)}")
     if token_file is not None:
-        return str(token_file.read_text(encoding="ascii").strip())
+        text = str(token_file.read_text(encoding="ascii").strip())
+        if not text:
+            raise click.UsageError(f"--token-file {token_file} is empty")
+        return StaticToken(text)
     if token:
-        return str(token)
+        return StaticToken(str(token))
     if token_url:
         if not client_id or not secret:
             raise click.UsageError("--token-url needs --client-id and --client-secret")
-        return run_or_exit(
-            client_credentials_token(token_url, client_id, secret, scope=scope, resource=resource),
-            "getting a token",
-        )
+        return ClientCredentials(token_url, client_id, secret, scope=scope, resource=resource)
     raise click.UsageError(
         "a token is needed: --token, --token-file, WARDEN_TOKEN, or --token-url with client "
         "credentials"
     )
+
+
+def obtain_token(options: dict[str, Any]) -> str:
+    """The token the token options name, asking the authorization server if need be.
+
+    Pops the token options from ``options``.
+    """
+    return run_or_exit(token_source_from(options).token(), "getting a token")
 
 
 def with_token(command: Callable[..., T]) -> Callable[..., T]:
@@ -117,5 +126,16 @@ def with_token(command: Callable[..., T]) -> Callable[..., T]:
     def wrapper(**options: Any) -> T:
         token = obtain_token(options)
         return command(token=token, **options)
+
+    return wrapper
+
+
+def with_token_source(command: Callable[..., T]) -> Callable[..., T]:
+    """Resolve the token options into one ``token`` argument: a token source, asked for each
+    job, so that a long run renews its token before it expires."""
+
+    @functools.wraps(command)
+    def wrapper(**options: Any) -> T:
+        return command(token=token_source_from(options), **options)
 
     return wrapper

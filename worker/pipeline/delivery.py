@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from worker.auth.proof import ProofKey
+from worker.names import HEADER_AUTHORIZATION, HEADER_PROOF
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,3 +29,32 @@ class Delivery:
     """The broker user that published it, as far as the broker vouches for it."""
     dropped: tuple[str, ...] = ()
     """Properties and headers (``headers.<name>``) that could not be decoded, left out."""
+
+
+# --- the publisher's side: a job as docs/jobs.md has it -----------------------------------------
+
+
+def job_body(action: str, payload: Mapping[str, Any]) -> bytes:
+    """The body of a job: ``{"action": ..., "payload": {...}}``, compact UTF-8 JSON."""
+    return json.dumps({"action": action, "payload": dict(payload)}, separators=(",", ":")).encode()
+
+
+def job_headers(
+    token: str,
+    *,
+    message_id: str,
+    action: str,
+    queue: str,
+    body: bytes,
+    proof_key: ProofKey | None = None,
+    headers: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The headers of a job: ``headers``, then ``authorization: Bearer <token>`` and, with
+    ``proof_key`` (the key the token is bound to by ``cnf.jkt``), the ``x-warden-proof`` over
+    this message id, action, queue and body (``docs/proof-of-possession.md``)."""
+    out = {**(headers or {}), HEADER_AUTHORIZATION: f"Bearer {token}"}
+    if proof_key is not None:
+        out[HEADER_PROOF] = proof_key.sign(
+            token=token, message_id=message_id, action=action, queue=queue, body=body
+        )
+    return out

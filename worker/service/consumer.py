@@ -77,8 +77,12 @@ class Consumer:
         metrics: Metrics | None = None,
         tracing: Tracing = NO_TRACING,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_settled: Callable[[Delivery, Outcome], None] | None = None,
     ) -> None:
         self.gate = gate
+        self.on_settled = on_settled
+        """Told what became of each delivery once it is settled (``warden demo``, the
+        fixtures of :mod:`worker.testing`)."""
         self.metrics = metrics or Metrics()
         self.tracing = tracing
         self.threads: ActionThreads = Threads(settings.action_threads, "warden-action")
@@ -119,7 +123,9 @@ class Consumer:
                 else:
                     outcome = await self.outcome(delivery)
                 _traced(span, outcome)
-                await self.settle(message, delivery, outcome, quarantined=quarantined)
+                settled = await self.settle(message, delivery, outcome, quarantined=quarantined)
+            if self.on_settled is not None:
+                self.on_settled(delivery, settled)
         except Exception:
             # A fault of warden's own, not a verdict: back to the queue, where the delivery
             # limit ends a message that keeps causing it (dead-lettered as delivery_limit).
@@ -183,8 +189,9 @@ class Consumer:
 
     async def settle(
         self, message: Inbound, delivery: Delivery, outcome: Outcome, *, quarantined: bool = False
-    ) -> None:
-        """The one place that acks, dead-letters or returns a message to its queue."""
+    ) -> Outcome:
+        """The one place that acks, dead-letters or returns a message to its queue; returns
+        what was done (a dead letter the broker did not confirm becomes a :class:`Defer`)."""
         match outcome:
             case Done():
                 self._acks.ack(message)
@@ -208,8 +215,8 @@ class Consumer:
                         await requeue(message)
                     else:
                         await self._defer(message, delivery, f"dead letter failed: {exc}")
-                else:
-                    self._acks.ack(message)
+                    return Defer(f"dead letter failed: {exc}")
+                self._acks.ack(message)
             case Defer(why):
                 await self._defer(message, delivery, why)
             case Again(why, delay):
@@ -234,6 +241,7 @@ class Consumer:
                     },
                 )
                 await self._put_back(message, delivery, wait, attempt=delivery.attempt + 1)
+        return outcome
 
     async def _defer(self, message: Inbound, delivery: Delivery, why: str) -> None:
         count = delivery.deferrals

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -28,6 +28,8 @@ from worker.ops.metrics import Metrics, StateCollector
 from worker.ops.tracing import NO_TRACING, Tracing
 from worker.pipeline.actions import Registry
 from worker.pipeline.decision import Gate
+from worker.pipeline.delivery import Delivery
+from worker.pipeline.outcomes import Outcome
 from worker.service.consumer import Consumer
 from worker.settings import Settings
 
@@ -93,6 +95,22 @@ async def _hold_while_unreliable(feed: RevocationFeed, subscriptions: Subscripti
         log.warning("taking jobs again")
 
 
+async def until_consuming(worker: Worker, running: asyncio.Task[None], within: float) -> None:
+    """Return once ``worker``, run by the task ``running``, consumes from every queue; raise
+    what the worker raised if it ended first, or TimeoutError after ``within`` seconds."""
+    ready = asyncio.create_task(worker.ready.wait())
+    try:
+        done, _ = await asyncio.wait(
+            {ready, running}, timeout=within, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        ready.cancel()
+    if running in done:
+        running.result()
+    if ready not in done:
+        raise TimeoutError(f"the worker did not start consuming within {within:.0f}s")
+
+
 @dataclass
 class Worker:
     """One worker process's consumers, over every configured queue."""
@@ -112,6 +130,8 @@ class Worker:
     tests that inject faults into it)."""
     tracing: Tracing = NO_TRACING
     """Where the spans of jobs go (``warden run``: as the ``OTEL_*`` variables say)."""
+    on_settled: Callable[[Delivery, Outcome], None] | None = None
+    """Told what became of each delivery once it is settled."""
 
     def __post_init__(self) -> None:
         self.metrics.watch(
@@ -219,7 +239,12 @@ class Worker:
             return
 
         consumer = self.consumer = Consumer(
-            gate, settings, publisher, metrics=self.metrics, tracing=self.tracing
+            gate,
+            settings,
+            publisher,
+            metrics=self.metrics,
+            tracing=self.tracing,
+            on_settled=self.on_settled,
         )
         handlers = {name: partial(consumer.on_message, name) for name in queues}
         for name in queues:
