@@ -30,6 +30,7 @@ __all__ = [
     "b64",
     "encoded",
     "jwks_server",
+    "overridden",
     "sign",
     "unsigned",
 ]
@@ -41,6 +42,17 @@ DEFAULTS = {
     "scope": "reports:write reports:read",
 }
 """What a test's token says unless the test says otherwise."""
+
+
+def overridden(claims: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``claims`` with ``overrides`` over them; a claim overridden with :data:`DROP` is left out."""
+    out = dict(claims)
+    for name, value in overrides.items():
+        if value is DROP:
+            out.pop(name, None)
+        else:
+            out[name] = value
+    return out
 
 
 def b64(data: bytes) -> str:
