@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 
 from tests.support.actions import ran
+from tests.support.cluster import Cluster, RabbitNodes
 from tests.support.issuer import Issuer, JwksServer, TestIssuer, jwks_server
 from tests.support.logwatch import LogWatch
+from tests.support.nodes import Node, NodeError
 from tests.support.rabbit import Rabbit
 from worker.amqp.connection import probe
 from worker.auth.revocation import RevocationList
@@ -193,6 +195,56 @@ async def start_worker(
     for handle in running:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(handle.task, 30)
+
+
+# --- RabbitMQ nodes of the tests' own: a three-node cluster and a standalone node --------------
+
+
+@pytest.fixture(scope="session")
+def rabbit_nodes() -> Iterator[RabbitNodes]:
+    """The cluster c1-c3 and the standalone node s1, booted once for the session by the installed
+    rabbitmq-server; skip (fail in CI) where it is missing or cannot boot them. Every node is
+    stopped at the end, whatever the tests did to it."""
+    if shutil.which("rabbitmq-server") is None or shutil.which("rabbitmqctl") is None:
+        if IN_CI:
+            pytest.fail("CI needs RabbitMQ nodes of its own: rabbitmq-server is not installed")
+        pytest.skip("rabbitmq-server is not installed")
+    nodes = RabbitNodes()
+    try:
+        try:
+            asyncio.run(nodes.start())
+        except NodeError as exc:
+            if IN_CI:
+                raise
+            pytest.skip(f"RabbitMQ nodes of the tests' own did not start: {exc}")
+        yield nodes
+    finally:
+        asyncio.run(nodes.stop())
+
+
+@pytest.fixture
+async def healthy_nodes(rabbit_nodes: RabbitNodes) -> AsyncIterator[RabbitNodes]:
+    """The session's nodes; after the test, back to health (every node up, unfrozen, unalarmed,
+    the cluster whole, no queue left), or rebuilt from scratch if that fails."""
+    yield rabbit_nodes
+    try:
+        await rabbit_nodes.restore()
+    except NodeError:
+        await rabbit_nodes.rebuild()
+        raise
+
+
+@pytest.fixture
+def cluster(healthy_nodes: RabbitNodes) -> Cluster:
+    """The three-node cluster c1-c3 (AMQP ports 5701-5703), healthy; restored after the test."""
+    return healthy_nodes.cluster
+
+
+@pytest.fixture
+def standalone_node(healthy_nodes: RabbitNodes) -> Node:
+    """The node s1 (AMQP port 5704), in no cluster, for faults that must not reach the cluster
+    (an alarm on a member blocks publishers on every member); restored after the test."""
+    return healthy_nodes.standalone
 
 
 # --- no token in any log line -----------------------------------------------------------------
