@@ -19,6 +19,7 @@ from jwt.algorithms import get_default_algorithms
 from tests.support.leaks import minted
 from worker import devissuer, testing
 from worker.devissuer import DROP, SigningKey
+from worker.devissuer.issuer import overridden
 
 __all__ = [
     "AUDIENCE",
@@ -42,17 +43,6 @@ DEFAULTS = {
     "scope": "reports:write reports:read",
 }
 """What a test's token says unless the test says otherwise."""
-
-
-def overridden(claims: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """``claims`` with ``overrides`` over them; a claim overridden with :data:`DROP` is left out."""
-    out = dict(claims)
-    for name, value in overrides.items():
-        if value is DROP:
-            out.pop(name, None)
-        else:
-            out[name] = value
-    return out
 
 
 def b64(data: bytes) -> str:

@@ -41,6 +41,17 @@ DROP: Any = _Drop()
 """Pass as a claim's value to :meth:`Issuer.token` to leave that claim out."""
 
 
+def overridden(claims: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``claims`` with ``overrides`` over them; a claim overridden with :data:`DROP` is left out."""
+    out = dict(claims)
+    for name, value in overrides.items():
+        if value is DROP:
+            out.pop(name, None)
+        else:
+            out[name] = value
+    return out
+
+
 class GrantRefused(Exception):
     """A token request the issuer refuses, as an RFC 6749 section 5.2 error."""
 
@@ -147,12 +158,7 @@ class Issuer:
             "jti": uuid.uuid4().hex,
             LABEL_CLAIM: NOT_FOR_PRODUCTION,
         }
-        for name, value in overrides.items():
-            if value is DROP:
-                claims.pop(name, None)
-            else:
-                claims[name] = value
-        return claims
+        return overridden(claims, overrides)
 
     def token(
         self,
