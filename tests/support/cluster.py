@@ -148,10 +148,19 @@ class Cluster:
         return f"<Cluster {' '.join(node.nodename for node in self.nodes)}>"
 
 
-BASE = Path(tempfile.gettempdir()) / "warden-rabbit-nodes"
+NODE_SET = int(os.environ.get("WARDEN_TEST_NODE_SET", "0"))
+"""Which set of names and ports the nodes take: 0 (the default) gives warden-c1..c3 and s1 on
+AMQP 5701-5704; set ``N`` gives warden-nNc1@localhost and so on, on ports 20*N higher, so two
+checkouts on one machine can each run their own nodes."""
+
+_SUFFIX = f"-{NODE_SET}" if NODE_SET else ""
+_PREFIX = f"n{NODE_SET}" if NODE_SET else ""
+_PORT = 5700 + 20 * NODE_SET
+
+BASE = Path(tempfile.gettempdir()) / f"warden-rabbit-nodes{_SUFFIX}"
 """Where the nodes keep their data and logs, one folder each."""
 
-LOCK_FILE = Path(tempfile.gettempdir()) / "warden-rabbit-nodes.lock"
+LOCK_FILE = Path(tempfile.gettempdir()) / f"warden-rabbit-nodes{_SUFFIX}.lock"
 """Held by the test session that runs the nodes: names and ports are fixed, so two sessions on
 one machine cannot both have them, and a node whose name is taken while nobody holds the lock
 is a leftover of a session killed before its cleanup."""
@@ -163,8 +172,10 @@ class RabbitNodes:
 
     def __init__(self, base: Path = BASE) -> None:
         self.base = base
-        self.cluster = Cluster([Node(f"c{i}", 5700 + i, 25700 + i, base) for i in (1, 2, 3)])
-        self.standalone = Node("s1", 5704, 25704, base)
+        self.cluster = Cluster(
+            [Node(f"c{i}", _PORT + i, 20000 + _PORT + i, base, _PREFIX) for i in (1, 2, 3)]
+        )
+        self.standalone = Node("s1", _PORT + 4, 20000 + _PORT + 4, base, _PREFIX)
         self.timings: dict[str, float] = {}
         self._lock: int | None = None
 

@@ -134,9 +134,9 @@ class Node:
     on it. The attributes ``pid``, ``app_stopped``, ``frozen`` and ``alarms`` record what was
     done through this object, so that :meth:`recover` can undo it."""
 
-    def __init__(self, name: str, port: int, dist_port: int, base: Path) -> None:
+    def __init__(self, name: str, port: int, dist_port: int, base: Path, prefix: str = "") -> None:
         self.name = name
-        self.nodename = f"warden-{name}@{HOST}"
+        self.nodename = f"warden-{prefix}{name}@{HOST}"
         self.port = port
         self.dist_port = dist_port
         self.home = base / name
