@@ -27,7 +27,10 @@ def _json(value: Any) -> None:
 
 def _reader(settings: BrokerSettings) -> admin.Reader:
     return admin.Reader(
-        settings.broker_url.get_secret_value(), settings.broker_user(), settings.trusted()
+        settings.broker_url.get_secret_value(),
+        settings.broker_user(),
+        settings.trusted(),
+        settings.heartbeat_seconds,
     )
 
 

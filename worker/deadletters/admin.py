@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from worker import names
 from worker.amqp.queues import Held, connected
 from worker.deadletters.read import Letter, replay_headers
+from worker.settings import DEFAULT_HEARTBEAT_SECONDS
 
 Select = Callable[[Letter], bool]
 
@@ -29,6 +30,7 @@ class Reader:
     url: str
     user: str
     trusted: frozenset[str]
+    heartbeat: int = DEFAULT_HEARTBEAT_SECONDS
 
 
 def _letter(message: Held, queue: str, reader: Reader) -> Letter:
@@ -48,7 +50,7 @@ async def letters(
     """The dead letters of ``queue``'s dead-letter queue that ``select`` keeps, oldest first;
     the queue is left as it was."""
     async with (
-        connected(reader.url, "warden dlq", reader.user) as queues,
+        connected(reader.url, "warden dlq", reader.user, reader.heartbeat) as queues,
         queues.look(names.dead_letter_queue(queue)) as looking,
     ):
         found = [_letter(m, queue, reader) for m in looking.held]
@@ -87,7 +89,7 @@ async def replay(
     ``token``. Only warden's own letters move, and only to the work queue whose dead-letter
     queue holds them, whatever a letter says of itself."""
     report = Moved()
-    async with connected(reader.url, "warden dlq", reader.user) as queues:
+    async with connected(reader.url, "warden dlq", reader.user, reader.heartbeat) as queues:
         await queues.require(queue)
         async with queues.moving(names.dead_letter_queue(queue)) as moving:
             for message in moving.held:
@@ -113,7 +115,7 @@ async def purge(reader: Reader, queue: str, select: Select) -> Moved:
     """Remove the selected dead letters; leave the others where they were."""
     report = Moved()
     async with (
-        connected(reader.url, "warden dlq", reader.user) as queues,
+        connected(reader.url, "warden dlq", reader.user, reader.heartbeat) as queues,
         queues.look(names.dead_letter_queue(queue)) as looking,
     ):
         for message in looking.held:

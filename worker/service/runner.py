@@ -193,6 +193,7 @@ class Worker:
                 max_staleness=settings.revocation_max_staleness,
                 trusted=settings.trusted(),
                 user=settings.broker_user(),
+                heartbeat=settings.heartbeat_seconds,
             )
             trust = build_trust(settings)
             gate = Gate(
@@ -205,7 +206,9 @@ class Worker:
                 if settings.token_cache_size
                 else None,
             )
-            connection = self.connection = await connect(url, settings.worker_id)
+            connection = self.connection = await connect(
+                url, "consuming", heartbeat=settings.heartbeat_seconds, worker_id=settings.worker_id
+            )
             async with connection, asyncio.TaskGroup() as background:
                 tasks = [background.create_task(keyring.refresh_forever())]
                 try:
