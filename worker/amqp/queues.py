@@ -170,6 +170,11 @@ class Moving:
         await self._transaction.commit()
         self.sent[message.message_id] = (message, back)
 
+    async def drop(self, message: Held) -> None:
+        """Remove ``message`` from its queue for good, in a transaction of its own."""
+        await message.message.ack()
+        await self._transaction.commit()
+
 
 async def _send(
     channel: AbstractChannel,
