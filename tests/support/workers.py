@@ -5,14 +5,85 @@ the test's), an HTTP port of their own, and whatever else a test sets."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.support.issuer import Issuer, JwksServer
 
 ROOT = Path(__file__).parent.parent.parent
+
+
+@dataclass
+class Worker:
+    """One ``warden run`` process and every line it wrote, read as it writes them (so that a
+    full pipe never blocks it); a line of JSON is also kept parsed."""
+
+    process: asyncio.subprocess.Process
+    lines: list[str] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _reading: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self._reading = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        assert self.process.stderr is not None
+        async for raw in self.process.stderr:
+            line = raw.decode(errors="replace").rstrip("\n")
+            self.lines.append(line)
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if isinstance(record, dict):
+                self.records.append(record)
+            self._changed.set()
+        self._changed.set()
+
+    async def logged(
+        self, match: Callable[[dict[str, Any]], bool], timeout: float, after: int = 0
+    ) -> dict[str, Any]:
+        """The first record from the ``after``-th on that ``match`` accepts, once written."""
+        try:
+            async with asyncio.timeout(timeout):
+                seen = after
+                while True:
+                    for record in self.records[seen:]:
+                        if match(record):
+                            return record
+                    seen = max(seen, len(self.records))
+                    if self._reading is not None and self._reading.done():
+                        raise AssertionError(f"the worker ended: {self.output()[-3000:]}")
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            raise AssertionError(
+                f"not logged within {timeout:g} s; the worker wrote: {self.output()[-3000:]}"
+            ) from None
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    async def stop(self, timeout: float = 60) -> None:
+        """SIGTERM the worker; return once it exited 0 (or raise, with what it wrote)."""
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(self.ended(), timeout)
+        assert code == 0, self.output()[-3000:]
+
+    async def ended(self) -> int:
+        """Wait for the process to end and its output to be read; its exit code."""
+        code = await self.process.wait()
+        if self._reading is not None:
+            await self._reading
+        return code
 
 
 class WorkerProcesses:
@@ -39,6 +110,10 @@ class WorkerProcesses:
             "WARDEN_HTTP_PORT": "0",
         }
         self.started: list[asyncio.subprocess.Process] = []
+
+    async def run(self, **env: str) -> Worker:
+        """One more ``warden run`` as :meth:`start`, its output read as it comes."""
+        return Worker(await self.start(**env))
 
     async def start(self, **env: str) -> asyncio.subprocess.Process:
         """One more ``warden run``, with ``env`` over the common environment; its stderr piped."""

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import aio_pika
@@ -64,6 +65,20 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: " + " ".join(str(t) for t in texts)
 
 
+@contextmanager
+def stuck_as_lost() -> Iterator[None]:
+    """Turn the CancelledError aiormq raises in whatever waits on a connection it found stuck
+    (no frame within the heartbeat's grace) into a ConnectionError; a cancellation of the
+    running task itself goes on as it is."""
+    try:
+        yield
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise
+        raise ConnectionError("the broker stopped answering (no heartbeat)") from None
+
+
 def addresses(url: str | Sequence[str | URL], heartbeat: int) -> tuple[URL, ...]:
     """The addresses of ``url`` (one URL, a comma-separated list, or a sequence of URLs), each
     asking for ``heartbeat``."""
@@ -84,6 +99,10 @@ def connect_timeout(heartbeat: int) -> float:
     return float(max(heartbeat, 5))
 
 
+def _is_stream(queue: Any) -> bool:
+    return bool((queue.arguments or {}).get("x-queue-type") == "stream")
+
+
 class FailoverChannel(RobustChannel):
     """A robust channel that, reopened on a new connection, declares again only the queues and
     exchanges that are missing there.
@@ -99,7 +118,10 @@ class FailoverChannel(RobustChannel):
             await super()._on_open()
             return
         exchanges, queues = self._exchanges, self._queues
-        missing_exchanges, missing_queues = await self._missing(list(exchanges), list(queues))
+        # A stream is never declared again: even a passive declare waits for its leader, which
+        # may be on the node that was lost (whoever reads it declares it passively, and waits).
+        probed = [name for name, held in queues.items() if not any(map(_is_stream, held))]
+        missing_exchanges, missing_queues = await self._missing(list(exchanges), probed)
         self._exchanges = type(exchanges)(
             None, {k: v for k, v in exchanges.items() if k in missing_exchanges}
         )

@@ -22,7 +22,13 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, DeliveryMode
 
 from worker import errors, names
-from worker.amqp.connection import TRANSPORT_ERRORS, UNREACHABLE, describe, open_connection
+from worker.amqp.connection import (
+    TRANSPORT_ERRORS,
+    UNREACHABLE,
+    describe,
+    open_connection,
+    stuck_as_lost,
+)
 from worker.amqp.outbound import publish_confirmed
 from worker.amqp.topology import declare_stream
 from worker.auth.revocation import Revocation, RevocationList
@@ -198,7 +204,8 @@ class RevocationFeed:
             try:
                 while True:
                     try:
-                        await self._follow()
+                        with stuck_as_lost():
+                            await self._follow()
                     except _BROKEN as exc:
                         self._detached(exc)
                     await asyncio.sleep(backoff(0.1, 5.0, self._failures))
