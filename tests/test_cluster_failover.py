@@ -6,19 +6,24 @@ issued afterwards holds on every replica."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import aio_pika
 import pytest
 
 from tests.support.cluster import Cluster
 from tests.support.issuer import Issuer, JwksServer
 from tests.support.nodes import Node
 from tests.support.rabbit import Rabbit
-from tests.support.workers import Worker, WorkerProcesses
+from tests.support.workers import ROOT, Worker, WorkerProcesses
+from worker import names
 from worker.amqp.publisher import publish_jobs
 
 pytestmark = pytest.mark.cluster
@@ -152,3 +157,98 @@ async def test_a_frozen_node_is_left_and_consumption_goes_on_within_twice_the_he
     ran += await setup.rabbit.take(setup.ran, len(ids) - 1, timeout=60)
     assert sorted(m.body.decode() for m in ran) == sorted(ids)
     await worker.stop()
+
+
+async def warden_revoke(urls: str, jti: str) -> None:
+    tool = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker",
+        "revoke",
+        "--jti",
+        jti,
+        env={**os.environ, "WARDEN_BROKER_URL": urls},
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    said, _ = await tool.communicate()
+    assert tool.returncode == 0, said.decode()
+
+
+async def taken_until(rabbit: Rabbit, queue: str, wanted: set[str], timeout: float) -> list[str]:
+    """Bodies (or message ids, for dead letters) taken from ``queue`` until every one of
+    ``wanted`` came; repeats included."""
+    got: list[str] = []
+    channel = await rabbit.connection.channel()
+    received: asyncio.Queue[aio_pika.abc.AbstractIncomingMessage] = asyncio.Queue()
+    await (await channel.get_queue(queue)).consume(received.put)
+    try:
+        async with asyncio.timeout(timeout):
+            while not wanted <= set(got):
+                message = await received.get()
+                await message.ack()
+                got.append(message.message_id if queue.endswith(".dlq") else message.body.decode())
+    finally:
+        await channel.close()
+    return got
+
+
+@pytest.mark.parametrize("fault", ["stop_app", "kill"])
+async def test_losing_the_work_queue_leader_mid_load_loses_nothing_and_runs_no_denied_job(
+    setup: Setup, issuer: Issuer, fault: str
+) -> None:
+    c1, c2, c3 = setup.cluster.nodes
+    # The first replica starts on c3 and declares the queues: the work queue's leader is there.
+    replicas = {"w3": await setup.worker(c3, WARDEN_WORKER_ID="w3")}
+    assert await setup.cluster.wait_leader(setup.queue) is c3
+    replicas["w1"] = await setup.worker(c1, WARDEN_WORKER_ID="w1")
+    replicas["w2"] = await setup.worker(c2, WARDEN_WORKER_ID="w2")
+
+    good, bad = issuer.token(scope="work"), issuer.token(scope="reports")
+    allowed, denied = await asyncio.gather(
+        publish_jobs(setup.rabbit.url, setup.queue, "work.slow", {}, good, count=800),
+        publish_jobs(setup.rabbit.url, setup.queue, "work.slow", {}, bad, count=200),
+    )
+    ran = await setup.rabbit.take(setup.ran, 150, timeout=120)
+    seen = {name: len(replica.records) for name, replica in replicas.items()}
+    await (c3.stop_app() if fault == "stop_app" else c3.kill())
+    leader = await setup.cluster.wait_leader(setup.queue, away_from=c3)
+    await replicas["w3"].logged(
+        lambda r: (
+            r.get("event") == "connected to the broker" and r.get("connection") == "consuming"
+        ),
+        timeout=30,
+        after=seen["w3"],
+    )
+
+    # A revocation issued now, through the addresses the workers have (c3's first), reaches
+    # every replica.
+    jti = f"revoked-{uuid.uuid4().hex}"
+    await warden_revoke(addresses(c3, setup.cluster), jti)
+    for name, replica in replicas.items():
+        await replica.logged(
+            lambda r: r.get("event") == "revocation received", timeout=60, after=seen[name]
+        )
+    revoked = await publish_jobs(
+        setup.rabbit.url,
+        setup.queue,
+        "work.slow",
+        {},
+        issuer.token(scope="work", jti=jti),
+        count=30,
+    )
+
+    ran_ids = [m.body.decode() for m in ran]
+    ran_ids += await taken_until(setup.rabbit, setup.ran, set(allowed) - set(ran_ids), 180)
+    dead = await taken_until(
+        setup.rabbit, names.dead_letter_queue(setup.queue), set(denied) | set(revoked), 120
+    )
+    print(
+        f"{fault} of c3 (leader now on {leader.name}): {len(ran_ids)} runs of {len(allowed)} "
+        f"allowed jobs, {len(dead)} dead letters for {len(denied) + len(revoked)} denied jobs"
+    )
+    assert set(ran_ids) == set(allowed), "every allowed job ran, and nothing else did"
+    assert set(dead) == set(denied) | set(revoked)
+    for replica in replicas.values():
+        await replica.stop()
