@@ -45,8 +45,8 @@ def _letter(message: Held, queue: str, reader: Reader) -> Letter:
 
 
 def once(found: list[Letter]) -> list[Letter]:
-    """Each dead letter once: a repeat of an earlier one (:meth:`Letter.same_as`) is left out,
-    and the first counts its copies."""
+    """Each dead letter once: a repeat of an earlier one (the same :attr:`Letter.identity`) is
+    left out, and the first counts its copies."""
     first: dict[tuple[str, str, bytes], int] = {}
     out: list[Letter] = []
     for letter in found:
