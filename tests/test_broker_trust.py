@@ -350,7 +350,12 @@ async def test_a_tool_run_as_a_role_without_the_permission_says_so_in_one_line(
     assert repr(site.user("worker")) in line
     assert "warden permissions" in line
     code, printed = await _warden(
-        site.url("operator"), "dlq", "stats", queue_name, "--json", WARDEN_TRUSTED_USERS=site.trusted
+        site.url("operator"),
+        "dlq",
+        "stats",
+        queue_name,
+        "--json",
+        WARDEN_TRUSTED_USERS=site.trusted,
     )
     assert code == 0, printed
     assert json.loads(printed) == {queue_name: {}}

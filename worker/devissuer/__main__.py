@@ -42,7 +42,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bind", default=LOOPBACK, help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="port (default: one the system picks)")
     p.add_argument("--path", default="", help="the issuer URL's path, e.g. /dev")
-    p.add_argument("--origin", help="scheme://host:port clients reach it at, e.g. https://authz:8443")
+    p.add_argument(
+        "--origin", help="scheme://host:port clients reach it at, e.g. https://authz:8443"
+    )
     p.add_argument("--tls-cert", help="PEM certificate (chain) to serve https with")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
     p.add_argument("--audience", default=DEFAULT_AUDIENCE, help="the `aud` of its tokens")

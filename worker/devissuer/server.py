@@ -9,8 +9,8 @@ address only over https (``python -m worker.devissuer``, the compose stack's loc
 from __future__ import annotations
 
 import base64
-import json
 import ipaddress
+import json
 import logging
 import ssl
 import threading
@@ -77,7 +77,9 @@ class DevIssuer(Issuer):
         if path and (not path.startswith("/") or path.endswith("/")):
             raise ValueError("path starts with / and does not end with one, e.g. /realms/demo")
         if tls is None and not ipaddress.ip_address(host).is_loopback:
-            raise ValueError(f"the development issuer serves {host}, beyond loopback, only over https")
+            raise ValueError(
+                f"the development issuer serves {host}, beyond loopback, only over https"
+            )
         if origin is not None and (origin.endswith("/") or "://" not in origin):
             raise ValueError("origin is a scheme, a host and a port, e.g. https://authz:8443")
         self._httpd = ThreadingHTTPServer((host, port), _handler(self))
