@@ -223,6 +223,28 @@ allowed_ran() {
 }
 until_true 60 "the demo's 5 allowed jobs ran (3 reports generated, 2 read)" allowed_ran
 say "   the demo's 5 allowed jobs ran; jobs.dlq: $(dlq_stats | tr -d ' \n')"
+# The broker stamps each message's arrival over whatever the publisher forged (rabbitmq.conf):
+# a message sent with timestamp_in_ms = 1 comes back with the broker's time (as the management
+# user of the definitions, to a queue of its own).
+compose run --rm --no-deps -T operator python - >>"$logs/stamp.log" 2>&1 <<'PY' ||
+import asyncio, time, aio_pika
+
+async def main() -> None:
+    async with await aio_pika.connect("amqp://warden:warden@rabbitmq:5672/") as connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue("", exclusive=True)
+        forged = aio_pika.Message(b"{}", headers={"timestamp_in_ms": 1}, timestamp=1)
+        await channel.default_exchange.publish(forged, queue.name)
+        while (message := await queue.get(fail=False)) is None:
+            await asyncio.sleep(0.1)
+        stamp = message.headers.get("timestamp_in_ms")
+        assert isinstance(stamp, int) and abs(stamp - time.time() * 1000) < 60_000, stamp
+        print(f"stamped {stamp}, not the forged 1")
+
+asyncio.run(main())
+PY
+  die "the broker kept a forged arrival time: $(tail -n 1 "$logs/stamp.log")"
+say "   the broker stamps arrivals: $(tail -n 1 "$logs/stamp.log")"
 
 say "2. the workers: non-root, healthy, and scaled to 4"
 until_true 60 "two healthy workers" healthy_workers 2
