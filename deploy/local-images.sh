@@ -19,9 +19,14 @@
 # rabbit@<hostname> with its data in /var/lib/rabbitmq, configuration from
 # /etc/rabbitmq/conf.d/*.conf, RABBITMQ_DEFAULT_USER / RABBITMQ_DEFAULT_PASS from the
 # environment, the management plugin on 15672, logs on standard output, `rabbitmq-diagnostics`
-# for health checks, SIGTERM stops the node. Each root file system is made once per machine
-# (debootstrap, about a minute each) under WARDEN_STANDIN_CACHE; the images are made again from
-# it in seconds.
+# for health checks (and a health check of the image's own), SIGTERM stops the node.
+#
+# The Python stand-in (Debian's python3, 3.13) trusts the certificate authorities this machine
+# added to /usr/local/share/ca-certificates (an intercepting proxy's, say), so that pip inside
+# `docker build` reaches the package index as the host does.
+#
+# Each root file system is made once per machine (debootstrap, about a minute each) under
+# WARDEN_STANDIN_CACHE; the images are made again from it in seconds.
 set -Eeuo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -104,6 +109,12 @@ build() {
     'EXPOSE 4369 5671 5672 15672 25672' \
     'ENTRYPOINT ["docker-entrypoint.sh"]' \
     'CMD ["rabbitmq-server"]'
+  # A health check of its own (import cannot set one): the node is up and listening.
+  docker build -q -t "$rabbitmq_image" - >/dev/null <<DOCKERFILE
+FROM $rabbitmq_image
+HEALTHCHECK --interval=5s --timeout=10s --start-period=30s --retries=30 \
+  CMD ["rabbitmq-diagnostics", "-q", "check_port_connectivity"]
+DOCKERFILE
   print_env
 }
 
