@@ -35,7 +35,8 @@ mirror="${WARDEN_STANDIN_MIRROR:-http://deb.debian.org/debian}"
 suite=trixie
 python_image=warden-standin/python:3-trixie
 rabbitmq_image=warden-standin/rabbitmq:4.0-management
-notice="Offline stand-in built from Debian $suite packages by deploy/local-images.sh; not the official image"
+notice="Offline stand-in built from Debian $suite packages by deploy/local-images.sh;"
+notice+=" not the official image"
 
 die() {
   echo "local-images.sh: $*" >&2
@@ -79,7 +80,8 @@ import() {
 
 build() {
   [ "$(id -u)" -eq 0 ] || die "must run as root (debootstrap)"
-  command -v debootstrap >/dev/null || die "debootstrap is not installed (apt-get install debootstrap)"
+  command -v debootstrap >/dev/null ||
+    die "debootstrap is not installed (apt-get install debootstrap)"
   docker info >/dev/null 2>&1 || die "no Docker engine answers (docker info)"
   mkdir -p "$cache"
   exec 9>"$cache/.lock"
@@ -99,8 +101,10 @@ build() {
 
   rabbitmq="$(rootfs rabbitmq-trixie rabbitmq-server)"
   mkdir -p "$rabbitmq/etc/rabbitmq/conf.d"
-  install -m 0755 "$here/local-images/rabbitmq-entrypoint.sh" "$rabbitmq/usr/local/bin/docker-entrypoint.sh"
-  install -m 0644 "$here/local-images/rabbitmq-defaults.conf" "$rabbitmq/etc/rabbitmq/conf.d/10-defaults.conf"
+  install -m 0755 "$here/local-images/rabbitmq-entrypoint.sh" \
+    "$rabbitmq/usr/local/bin/docker-entrypoint.sh"
+  install -m 0644 "$here/local-images/rabbitmq-defaults.conf" \
+    "$rabbitmq/etc/rabbitmq/conf.d/10-defaults.conf"
   echo '[rabbitmq_management].' >"$rabbitmq/etc/rabbitmq/enabled_plugins"
   import "$rabbitmq" "$rabbitmq_image" \
     'ENV LANG=C.UTF-8 HOME=/var/lib/rabbitmq RABBITMQ_DATA_DIR=/var/lib/rabbitmq' \

@@ -27,7 +27,6 @@ logs="${WARDEN_STACK_LOGS:-$(mktemp -d /tmp/warden-stack-check.XXXXXX)}"
 mirror="${WARDEN_STANDIN_MIRROR:-http://deb.debian.org/debian}"
 images="${WARDEN_STACK_IMAGES:-auto}"
 burst=3000
-grace=45 # the worker's stop_grace_period in compose.yaml
 NO_ENGINE=77
 started_dockerd=""
 
@@ -201,6 +200,13 @@ say "project $project, logs in $logs"
 engine
 compose_plugin
 say "$(docker compose version)"
+# The workers' stop grace period, in seconds, as compose.yaml sets it.
+grace="$(compose config --format json | python3 -c '
+import json, re, sys
+period = json.load(sys.stdin)["services"]["worker"]["stop_grace_period"]
+units = {"h": 3600, "m": 60, "s": 1}
+print(int(sum(float(n) * units[u] for n, u in re.findall(r"([0-9.]+)([hms])(?!s)", period))))')"
+[ "$grace" -gt 0 ] || die "no stop_grace_period for the workers in compose.yaml"
 choose_images
 
 say "1. docker compose up (local profile)"
@@ -209,17 +215,17 @@ compose up -d >"$logs/up.log" 2>&1 || die "docker compose up: $(tail -n 3 "$logs
 demo_exit="$(timeout 180 docker wait "$(compose ps -a -q demo)")" ||
   die "the demo did not finish within 180s"
 [ "$demo_exit" = 0 ] || die "the demo exited $demo_exit: $(compose logs --no-color --tail 5 demo)"
-expected='{"jobs": {"action_unknown": 1, "audience_mismatch": 1, "scope_insufficient": 1, "signature_invalid": 1, "token_malformed": 1}}'
+expected='{"jobs": {"action_unknown": 1, "audience_mismatch": 1, "scope_insufficient": 1,
+  "signature_invalid": 1, "token_malformed": 1}}'
 dlq_is() {
   python3 -c 'import json, sys; sys.exit(json.loads(sys.argv[1]) != json.loads(sys.argv[2]))' \
     "$(dlq_stats)" "$1"
 }
 until_true 60 "the demo's denied jobs in jobs.dlq, one per reason" dlq_is "$expected"
+worker_logs() { for id in $(workers); do docker logs "$id" 2>&1; done; }
 allowed_ran() {
-  local generated read
-  generated="$(for id in $(workers); do docker logs "$id" 2>&1; done | grep -c '"report generated"')"
-  read="$(for id in $(workers); do docker logs "$id" 2>&1; done | grep -c '"report read"')"
-  [ "$generated" -eq 3 ] && [ "$read" -eq 2 ]
+  [ "$(worker_logs | grep -c '"report generated"')" -eq 3 ] &&
+    [ "$(worker_logs | grep -c '"report read"')" -eq 2 ]
 }
 until_true 60 "the demo's 5 allowed jobs ran (3 reports generated, 2 read)" allowed_ran
 say "   the demo's 5 allowed jobs ran; jobs.dlq: $(dlq_stats | tr -d ' \n')"
@@ -255,7 +261,8 @@ done
 compose up -d --no-recreate --scale worker=4 worker >>"$logs/up.log" 2>&1 ||
   die "docker compose up --scale worker=4: $(tail -n 3 "$logs/up.log")"
 until_true 90 "four healthy workers" healthy_workers 4
-publish 400 scale >>"$logs/publish.log" 2>&1 || die "publishing 400 jobs: $(tail -n 2 "$logs/publish.log")"
+publish 400 scale >>"$logs/publish.log" 2>&1 ||
+  die "publishing 400 jobs: $(tail -n 2 "$logs/publish.log")"
 until_true 60 "the 400 jobs of the scaled burst ran" at_least count_ran scale 400
 per_worker="$(ran scale | awk '{print $1}' | sort | uniq -c | awk '{print $1}' | tr '\n' ' ')"
 [ "$(ran scale | awk '{print $1}' | sort -u | wc -l)" -eq 4 ] ||
@@ -274,7 +281,8 @@ for id in $(compose ps -a -q worker); do
   code="$(docker inspect -f '{{.State.ExitCode}}' "$id")"
   [ "$code" = 0 ] || die "worker ${id:0:12} exited $code on SIGTERM, not 0"
 done
-[ "$stop_took" -lt "$grace" ] || die "the workers took ${stop_took}s to stop, the grace period is ${grace}s"
+[ "$stop_took" -lt "$grace" ] ||
+  die "the workers took ${stop_took}s to stop, the grace period is ${grace}s"
 ran_total="$(count_ran burst)"
 once="$(ran_once burst)"
 waiting="$(queued)"
