@@ -1117,3 +1117,28 @@ def test_keda_scales_the_workers_on_queue_length_through_the_management_api(
     budget = one("PodDisruptionBudget")["spec"]
     assert scaled["minReplicaCount"] > budget.get("maxUnavailable", 1)
     assert scaled["maxReplicaCount"] >= scaled["minReplicaCount"]
+
+
+# --- the stack, run for real in CI -----------------------------------------------------------
+
+
+def test_ci_runs_the_local_stack_for_real_within_a_time_bound() -> None:
+    """.ci/run runs deploy/stack-check.sh under a bound of at most 15 minutes; the check runs
+    the local override under a project name of its own, so that it never meets a user's stack;
+    its scripts parse."""
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert 'timeout "$stack_budget" deploy/stack-check.sh' in ci
+    budget = re.search(r"^stack_budget=(\d+)m$", ci, re.MULTILINE)
+    assert budget, "no stack_budget in .ci/run"
+    assert int(budget.group(1)) <= 15
+    check = (ROOT / "deploy" / "stack-check.sh").read_text(encoding="utf-8")
+    assert "export COMPOSE_FILE=compose.yaml:deploy/compose/local.yaml" in check
+    assert 'project="${WARDEN_STACK_PROJECT:-warden-stackcheck-$$}"' in check
+    for script, shell in (
+        ("deploy/stack-check.sh", "bash"),
+        ("deploy/local-images.sh", "bash"),
+        ("deploy/local-images/rabbitmq-entrypoint.sh", "sh"),
+    ):
+        parsed = subprocess.run([shell, "-n", ROOT / script], capture_output=True, text=True)
+        assert parsed.returncode == 0, f"{script}: {parsed.stderr}"
+        assert os.access(ROOT / script, os.X_OK), f"{script} is not executable"
