@@ -38,7 +38,7 @@ from worker.amqp.outbound import (
     send_in_transaction,
     send_salvaged,
 )
-from worker.errors import QueueMissing, TableNotEncodable
+from worker.errors import AccessRefused, QueueMissing, TableNotEncodable
 from worker.settings import DEFAULT_HEARTBEAT_SECONDS
 
 log = logging.getLogger("warden.dlq")
@@ -222,10 +222,17 @@ async def connected(
     url: str, name: str, user: str, heartbeat: int = DEFAULT_HEARTBEAT_SECONDS
 ) -> AsyncIterator[Queues]:
     """A tool's connection called ``name`` as ``user`` (to the first address of ``url`` that
-    answers), closed afterwards."""
+    answers), closed afterwards. What the user's permissions refuse is
+    :class:`~worker.errors.AccessRefused`, naming the user."""
     connection = await open_connection(url, name, heartbeat=heartbeat)
     async with connection:
-        yield Queues(connection, user)
+        try:
+            yield Queues(connection, user)
+        except aiormq.exceptions.ChannelAccessRefused as exc:
+            raise AccessRefused(
+                f"broker user {user!r} may not do this ({exc}); "
+                "`warden permissions` prints what each role needs"
+            ) from None
 
 
 @asynccontextmanager
