@@ -25,6 +25,7 @@ from tests.support.rabbit import Rabbit
 from tests.support.workers import ROOT, Worker, WorkerProcesses
 from worker import names
 from worker.amqp.publisher import publish_jobs
+from worker.settings import DEFAULT_HEARTBEAT_SECONDS
 
 pytestmark = pytest.mark.cluster
 
@@ -120,8 +121,9 @@ async def test_the_worker_on_a_lost_node_moves_to_the_next_address_and_keeps_con
     await worker.stop()
 
 
+@pytest.mark.parametrize("heartbeat", [HEARTBEAT, DEFAULT_HEARTBEAT_SECONDS])
 async def test_a_frozen_node_is_left_and_consumption_goes_on_within_twice_the_heartbeat(
-    setup: Setup, issuer: Issuer
+    setup: Setup, issuer: Issuer, heartbeat: int
 ) -> None:
     c1, _, c3 = setup.cluster.nodes
     # A worker started through c1 declares the queues and the revocation stream: their leaders
@@ -129,7 +131,7 @@ async def test_a_frozen_node_is_left_and_consumption_goes_on_within_twice_the_he
     # node until the cluster declares the frozen one down: see docs/cluster.md.)
     declaring = await setup.worker(c1)
     await declaring.stop()
-    worker = await setup.worker(c3)
+    worker = await setup.worker(c3, WARDEN_HEARTBEAT_SECONDS=str(heartbeat))
     await runs_a_new_job(setup, issuer, timeout=30)
 
     # SIGSTOP: the node's sockets stay open and nothing answers; only missed heartbeats tell.
@@ -137,22 +139,24 @@ async def test_a_frozen_node_is_left_and_consumption_goes_on_within_twice_the_he
     await c3.freeze()
     frozen = time.monotonic()
     try:
-        await worker.logged(lambda r: moved_to(r, c1), timeout=2 * HEARTBEAT + 10, after=seen)
+        await worker.logged(lambda r: moved_to(r, c1), timeout=2 * heartbeat + 10, after=seen)
         left = time.monotonic() - frozen
         # Until the cluster declares c3 down, the queue still counts the consumer the worker
         # had there, and hands it jobs up to its prefetch: the others run at once.
         ids = await publish_jobs(
             setup.rabbit.url, setup.queue, "work.slow", {}, issuer.token(scope="work"), count=200
         )
-        ran = await setup.rabbit.take(setup.ran, 1, timeout=60)
+        # Thawed by the bound at the latest: a node frozen past net_ticktime would partition.
+        bound = 2 * heartbeat + 10
+        ran = await setup.rabbit.take(setup.ran, 1, timeout=bound - (time.monotonic() - frozen))
         resumed = time.monotonic() - frozen
     finally:
         await c3.thaw()
     print(
         f"frozen: left after {left:.1f} s, jobs published then ran from {resumed:.1f} s after "
-        f"the freeze; heartbeat {HEARTBEAT} s"
+        f"the freeze; heartbeat {heartbeat} s"
     )
-    assert resumed < 2 * HEARTBEAT + 10
+    assert resumed < bound
     # Once c3 answers again it drops the consumer of the closed connection: its jobs come back.
     ran += await setup.rabbit.take(setup.ran, len(ids) - 1, timeout=60)
     assert sorted(m.body.decode() for m in ran) == sorted(ids)
