@@ -157,9 +157,16 @@ def test_when_no_address_answers_a_tool_says_so_in_one_line() -> None:
 
 @needs_rabbitmqctl
 @pytest.mark.broker
-async def test_the_broker_is_asked_for_the_configured_heartbeat(broker_url: str) -> None:
-    name = "warden heartbeat test"
-    connection = await open_connection(broker_url, name, heartbeat=7)
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [("", "7"), ("?heartbeat=3", "3")],
+    ids=["the setting", "the address's own"],
+)
+async def test_the_broker_is_asked_for_the_configured_heartbeat(
+    broker_url: str, query: str, expected: str
+) -> None:
+    name = f"warden heartbeat test {expected}"
+    connection = await open_connection(f"{broker_url}{query}", name, heartbeat=7)
     try:
         listing = await rabbitmqctl(
             "list_connections", "--no-table-headers", "timeout", "client_properties"
@@ -167,4 +174,4 @@ async def test_the_broker_is_asked_for_the_configured_heartbeat(broker_url: str)
     finally:
         await connection.close()
     [heartbeat] = [line.split("\t")[0] for line in listing.splitlines() if f'"{name}"' in line]
-    assert heartbeat == "7"
+    assert heartbeat == expected

@@ -81,11 +81,14 @@ def stuck_as_lost() -> Iterator[None]:
 
 def addresses(url: str | Sequence[str | URL], heartbeat: int) -> tuple[URL, ...]:
     """The addresses of ``url`` (one URL, a comma-separated list, or a sequence of URLs), each
-    asking for ``heartbeat``."""
+    asking for ``heartbeat`` unless it names a heartbeat of its own (``?heartbeat=``)."""
     listed = broker_addresses(url) if isinstance(url, str) else tuple(url)
     if not listed:
         raise ValueError("no broker address")
-    return tuple(URL(u).update_query(heartbeat=str(heartbeat)) for u in listed)
+    urls = [URL(u) for u in listed]
+    return tuple(
+        u if "heartbeat" in u.query else u.update_query(heartbeat=str(heartbeat)) for u in urls
+    )
 
 
 def shown(url: URL) -> str:
