@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from worker import names
+from worker.amqp.arrival import prove_stamping
 from worker.amqp.connection import TRANSPORT_ERRORS, Connection, connect
 from worker.amqp.feed import RevocationFeed
 from worker.amqp.inbound import Subscriptions
@@ -23,6 +24,7 @@ from worker.auth.keys import Keyring
 from worker.auth.revocation import RevocationList
 from worker.auth.setup import build_introspector, build_keyring, build_trust
 from worker.auth.verified import VerifiedTokens
+from worker.errors import ConfigurationError
 from worker.ops.health import Check, HealthServer
 from worker.ops.metrics import Metrics, StateCollector
 from worker.ops.tracing import NO_TRACING, Tracing
@@ -179,14 +181,26 @@ class Worker:
             self.ready.clear()
             self.http.close()
 
+    def allowance(self) -> float:
+        """The largest queueing allowance of any action (seconds); start-up refuses one that a
+        revocation would not outlast in the stream."""
+        settings = self.settings
+        largest = self.registry.largest_allowance(settings.queued_for_seconds)
+        try:
+            settings.check_retention(largest, "the largest queueing allowance")
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
+        return largest
+
     async def _run(self, stop: asyncio.Event) -> None:
         settings = self.settings
         url = settings.broker_url.get_secret_value()
+        allowance = self.allowance()
         async with httpx.AsyncClient(timeout=settings.jwks_timeout_seconds) as http:
             keyring = self.keyring = build_keyring(settings, http)
             await keyring.load()
             if self.revocations is None:
-                self.revocations = RevocationList(settings.revocation_max_entries)
+                self.revocations = RevocationList(settings.revocation_max_entries, hold=allowance)
             feed = self.feed = RevocationFeed(
                 url,
                 self.revocations,
@@ -204,12 +218,15 @@ class Worker:
                 cache=VerifiedTokens(settings.token_cache_size)
                 if settings.token_cache_size
                 else None,
+                queued_for=settings.queued_for_seconds,
             )
             connection = self.connection = await connect(url, settings.worker_id)
             async with connection, asyncio.TaskGroup() as background:
                 tasks = [background.create_task(keyring.refresh_forever())]
                 try:
-                    await self._serve(connection, gate, feed, stop, tasks, background)
+                    await self._serve(
+                        connection, gate, feed, stop, tasks, background, witnessed=allowance > 0
+                    )
                 finally:
                     for task in tasks:
                         task.cancel()
@@ -223,11 +240,16 @@ class Worker:
         stop: asyncio.Event,
         tasks: list[asyncio.Task[None]],
         background: asyncio.TaskGroup,
+        *,
+        witnessed: bool,
     ) -> None:
         settings = self.settings
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=settings.prefetch)
         publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        if witnessed:
+            # An allowance believes the broker's arrival stamp: prove that it is the broker's.
+            await prove_stamping(publisher, channel, settings.queues[0])
         queues = await declare_topology(
             channel, settings.queues, settings.delivery_limit, settings.retry_tiers()
         )
@@ -245,6 +267,7 @@ class Worker:
             metrics=self.metrics,
             tracing=self.tracing,
             on_settled=self.on_settled,
+            witnessed=witnessed,
         )
         handlers = {name: partial(consumer.on_message, name) for name in queues}
         for name in queues:
