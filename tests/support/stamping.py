@@ -17,9 +17,7 @@ from worker.amqp.arrival import prove_stamping
 from worker.errors import ConfigurationError
 
 RABBITMQ4 = Path(__file__).resolve().parents[1] / "brokers" / "rabbitmq4.sh"
-RABBITMQ4_ROOT = Path(
-    os.environ.get("WARDEN_RABBITMQ4_ROOT", "/var/cache/warden/rabbitmq4-trixie")
-)
+RABBITMQ4_ROOT = Path(os.environ.get("WARDEN_RABBITMQ4_ROOT", "/var/cache/warden/rabbitmq4-trixie"))
 KEEPING_NODE = "keep"
 """The second node of ``rabbitmq4.sh``: ``overwrite = false``, AMQP on 5683."""
 

@@ -221,16 +221,31 @@ class Worker:
                 queued_for=settings.queued_for_seconds,
             )
             connection = self.connection = await connect(url, settings.worker_id)
-            async with connection, asyncio.TaskGroup() as background:
-                tasks = [background.create_task(keyring.refresh_forever())]
-                try:
-                    await self._serve(
-                        connection, gate, feed, stop, tasks, background, witnessed=allowance > 0
-                    )
-                finally:
-                    for task in tasks:
-                        task.cancel()
+            async with connection:
+                if allowance:
+                    await self._prove_stamping(connection)
+                async with asyncio.TaskGroup() as background:
+                    tasks = [background.create_task(keyring.refresh_forever())]
+                    try:
+                        await self._serve(
+                            connection, gate, feed, stop, tasks, background, witnessed=allowance > 0
+                        )
+                    finally:
+                        for task in tasks:
+                            task.cancel()
         log.info("stopped")
+
+    async def _prove_stamping(self, connection: Connection) -> None:
+        """An allowance believes the broker's arrival stamp: prove, before taking a job, that it
+        is the broker's (:func:`~worker.amqp.arrival.prove_stamping`)."""
+        publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        channel = await connection.channel()
+        try:
+            await prove_stamping(publisher, channel, self.settings.queues[0])
+        finally:
+            for open_channel in (publisher, channel):
+                with contextlib.suppress(*TRANSPORT_ERRORS):
+                    await open_channel.close()
 
     async def _serve(
         self,
@@ -247,9 +262,6 @@ class Worker:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=settings.prefetch)
         publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        if witnessed:
-            # An allowance believes the broker's arrival stamp: prove that it is the broker's.
-            await prove_stamping(publisher, channel, settings.queues[0])
         queues = await declare_topology(
             channel, settings.queues, settings.delivery_limit, settings.retry_tiers()
         )
