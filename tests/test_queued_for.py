@@ -48,7 +48,7 @@ async def _decide(raw: str, action_name: str, at: float | None, **settings: Any)
     return await gate.decide(_arrived(raw, action_name, at))
 
 
-async def test_an_expired_token_runs_when_the_job_arrived_while_it_was_valid_within_the_allowance() -> (
+async def test_an_expired_token_runs_if_the_job_arrived_while_it_was_valid_within_allowance() -> (
     None
 ):
     now = time.time()
@@ -178,7 +178,7 @@ def test_a_seal_key_of_another_size_is_a_configuration_error(
 ) -> None:
     clear_warden_environment(monkeypatch)
     monkeypatch.setenv("WARDEN_SEAL_KEY", key)
-    with pytest.raises(ConfigurationError, match="^WARDEN_SEAL_KEY: ") as raised:
+    with pytest.raises(ConfigurationError, match=r"^WARDEN_SEAL_KEY: ") as raised:
         load_settings(Settings, issuer=ISSUER.url, audience="a")
     assert key not in str(raised.value)
 

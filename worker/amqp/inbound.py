@@ -191,7 +191,7 @@ def to_delivery(
     the original.
 
     Its arrival is read only where the broker was proven to stamp every message (``witnessed``,
-    :func:`~worker.amqp.arrival.prove_stamping`): the first arrival a trusted user's copy
+    :func:`~worker.amqp.arrival.stamping`): the first arrival a trusted user's copy
     carries (``x-warden-received-at``), or else the broker's ``timestamp_in_ms``.
     """
     properties = message.properties

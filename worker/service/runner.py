@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from worker import names
-from worker.amqp.arrival import prove_stamping
+from worker.amqp.arrival import stamping, unwitnessed
 from worker.amqp.connection import TRANSPORT_ERRORS, Connection, connect
 from worker.amqp.feed import RevocationFeed
 from worker.amqp.inbound import Subscriptions
@@ -222,30 +222,39 @@ class Worker:
             )
             connection = self.connection = await connect(url, settings.worker_id)
             async with connection:
-                if allowance:
-                    await self._prove_stamping(connection)
+                witnessed = await self._witnessed(connection, allowance)
                 async with asyncio.TaskGroup() as background:
                     tasks = [background.create_task(keyring.refresh_forever())]
                     try:
                         await self._serve(
-                            connection, gate, feed, stop, tasks, background, witnessed=allowance > 0
+                            connection, gate, feed, stop, tasks, background, witnessed=witnessed
                         )
                     finally:
                         for task in tasks:
                             task.cancel()
         log.info("stopped")
 
-    async def _prove_stamping(self, connection: Connection) -> None:
-        """An allowance believes the broker's arrival stamp: prove, before taking a job, that it
-        is the broker's (:func:`~worker.amqp.arrival.prove_stamping`)."""
+    async def _witnessed(self, connection: Connection, allowance: float) -> bool:
+        """Whether the broker witnesses arrivals (:func:`~worker.amqp.arrival.stamping`): only
+        then is a job's arrival read. A worker with an allowance refuses to start otherwise."""
         publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
         channel = await connection.channel()
         try:
-            await prove_stamping(publisher, channel, self.settings.queues[0])
+            found = await stamping(publisher, channel, self.settings.queues[0])
         finally:
             for open_channel in (publisher, channel):
                 with contextlib.suppress(*TRANSPORT_ERRORS):
                     await open_channel.close()
+        if found is None:
+            return True
+        if allowance:
+            raise unwitnessed(found)
+        log.info(
+            "the broker does not witness arrivals: no queueing allowance is possible, and dead "
+            "letters record no received_at",
+            extra={"why": found},
+        )
+        return False
 
     async def _serve(
         self,
