@@ -200,15 +200,16 @@ async def test_a_retry_copy_forged_by_an_untrusted_user_gives_nothing(
     }
     async with _other_publisher(witnessing_broker) as theirs:
         jobs = await theirs.get_exchange(names.JOBS_EXCHANGE, ensure=False)
-        await jobs.publish(
-            aio_pika.Message(
-                b'{"action":"queued.long","payload":{}}',
-                headers=forged,
-                message_id="forged-copy",
-                content_type="application/json",
-            ),
-            queue_name,
-        )
+        for mid, token in (("forged-copy", expired), ("forged-replay", issuer.token())):
+            await jobs.publish(
+                aio_pika.Message(
+                    b'{"action":"queued.long","payload":{}}',
+                    headers={**forged, names.HEADER_AUTHORIZATION: f"Bearer {token}"},
+                    message_id=mid,
+                    content_type="application/json",
+                ),
+                queue_name,
+            )
         sent = time.time()
     [letter] = await rabbit.dead_letters(queue_name, 1)
     record = letter.headers[names.HEADER_DENIAL]
@@ -218,7 +219,10 @@ async def test_a_retry_copy_forged_by_an_untrusted_user_gives_nothing(
     assert now <= _at(record) <= sent + 1, "its own arrival, not the one it claims"
     for name in (names.HEADER_RECEIVED_AT, names.HEADER_REPLAYED_BY):
         assert name not in letter.headers
-    assert ran.jobs == []
+    [job] = await ran.wait_for(1)
+    assert job.id == "forged-replay"
+    assert job.replayed_by is None, "only a trusted user's replay names who replayed it"
+    assert job.attempt == 1
 
 
 # --- brokers that do not witness arrivals ------------------------------------------------------
