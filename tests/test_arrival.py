@@ -25,7 +25,7 @@ from tests.support.issuer import Issuer, JwksServer
 from tests.support.leaks import assert_no_leak
 from tests.support.queued_actions import RETRY_DELAY
 from tests.support.rabbit import Rabbit
-from tests.support.rabbitmqctl import as_user, broker_users, needs_rabbitmqctl, rabbitmqctl
+from tests.support.rabbitmqctl import needs_rabbitmqctl, writing_user
 from tests.support.schemas import DENIAL
 from tests.support.stamping import KEEPING_NODE, rabbitmq4, rabbitmq4_built
 from tests.test_operating import warden
@@ -57,11 +57,8 @@ def _at(record: dict[str, Any]) -> float:
 @contextlib.asynccontextmanager
 async def _other_publisher(broker_url: str) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
     """A channel of a broker user of the test's own, who may publish jobs and nothing else."""
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    vhost = unquote(urlsplit(broker_url).path[1:]) or "/"
-    async with broker_users(name) as passwords:
-        await rabbitmqctl("set_permissions", "-p", vhost, name, "^$", r"^warden\.jobs$", "^$")
-        connection = await aio_pika.connect(as_user(broker_url, name, passwords[name]))
+    async with writing_user(broker_url, r"^warden\.jobs$") as (_, url):
+        connection = await aio_pika.connect(url)
         async with connection:
             yield await connection.channel(publisher_confirms=True, on_return_raises=True)
 

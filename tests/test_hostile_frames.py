@@ -9,16 +9,14 @@ byte (``tests/support/hostile.py``): pamqp would refuse to encode most of these 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import aiormq
 import pytest
@@ -44,7 +42,7 @@ from tests.support.hostile import (
 from tests.support.issuer import Issuer, SigningKey
 from tests.support.logwatch import LogWatch
 from tests.support.rabbit import Rabbit
-from tests.support.rabbitmqctl import as_user, broker_users, needs_rabbitmqctl, rabbitmqctl
+from tests.support.rabbitmqctl import needs_rabbitmqctl, writing_user
 from tests.support.schemas import DENIAL
 from tests.test_operating import warden
 from worker import names
@@ -203,17 +201,6 @@ def _as_delivered(case: Case, stamping: bool) -> Case:
     return dataclasses.replace(case, dropped=dropped)
 
 
-@contextlib.asynccontextmanager
-async def _broker_user(broker_url: str, write: str) -> AsyncIterator[tuple[str, str]]:
-    """A broker user of the test's own that may write to the exchanges ``write`` matches and do
-    nothing else: its name, and a URL that connects as it."""
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    vhost = unquote(urlsplit(broker_url).path[1:]) or "/"
-    async with broker_users(name) as passwords:
-        await rabbitmqctl("set_permissions", "-p", vhost, name, "^$", write, "^$")
-        yield name, as_user(broker_url, name, passwords[name])
-
-
 def _wire(case: Case, name: str, token: str, mid: str, user: str | None, room: int) -> bytes:
     """The job's properties as they go on the wire; with ``fill``, ``room`` bytes in all."""
     fields = {
@@ -258,7 +245,7 @@ async def test_hostile_content_headers_neither_stop_a_worker_nor_its_tools(
     mids: dict[str, str] = {}
 
     # Another publisher, with the permissions a publisher gets: jobs through warden.jobs.
-    async with _broker_user(broker_url, "^warden\\.jobs$") as (user, user_url):
+    async with writing_user(broker_url, "^warden\\.jobs$") as (user, user_url):
         other = await aiormq.connect(user_url)
         try:
             theirs = await other.channel(publisher_confirms=True)
@@ -401,7 +388,7 @@ async def test_every_dlq_command_works_on_letters_it_did_not_write(
     # All but one written as warden's own (the URL's user, which warden trusts): those a replay
     # moves. The last is another user's, which no tool believes.
     trusted = urlsplit(broker_url).username or "guest"
-    async with _broker_user(broker_url, "^amq\\.default$") as (user, user_url):
+    async with writing_user(broker_url, "^amq\\.default$") as (user, user_url):
         other = await aiormq.connect(user_url)
         try:
             theirs = await other.channel(publisher_confirms=True)

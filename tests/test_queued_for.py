@@ -3,6 +3,7 @@ the broker witnessed, everything else at the decision; the settings that bound i
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from datetime import timedelta
 from typing import Any
@@ -32,15 +33,7 @@ HOUR = 3600.0
 
 
 def _arrived(raw: str, action_name: str, at: float | None) -> Delivery:
-    base = delivery(raw, action=action_name)
-    return Delivery(
-        body=base.body,
-        headers=base.headers,
-        message_id=base.message_id,
-        content_type=base.content_type,
-        queue=base.queue,
-        arrived_at=at,
-    )
+    return dataclasses.replace(delivery(raw, action=action_name), arrived_at=at)
 
 
 async def _decide(raw: str, action_name: str, at: float | None, **settings: Any) -> Any:

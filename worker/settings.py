@@ -289,7 +289,7 @@ class BrokerSettings(BaseSettings):
             raise ValueError(
                 f"WARDEN_REVOCATION_RETENTION ({self.revocation_retention}) is shorter than "
                 f"WARDEN_MAX_TOKEN_LIFETIME_SECONDS plus WARDEN_LEEWAY_SECONDS{plus} "
-                f"({needed:g}s): a revocation could leave the stream while its token still works"
+                f"({needed:.0f}s): a revocation could leave the stream while its token still works"
             )
 
     def seal_key_bytes(self) -> bytes | None:
