@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from worker import names
+from worker.amqp.arrival import stamping, unwitnessed
 from worker.amqp.connection import TRANSPORT_ERRORS, Connection, connect
 from worker.amqp.feed import RevocationFeed
 from worker.amqp.inbound import Subscriptions
@@ -23,6 +24,7 @@ from worker.auth.keys import Keyring
 from worker.auth.revocation import RevocationList
 from worker.auth.setup import build_introspector, build_keyring, build_trust
 from worker.auth.verified import VerifiedTokens
+from worker.errors import ConfigurationError
 from worker.ops.health import Check, HealthServer
 from worker.ops.metrics import Metrics, StateCollector
 from worker.ops.tracing import NO_TRACING, Tracing
@@ -179,14 +181,26 @@ class Worker:
             self.ready.clear()
             self.http.close()
 
+    def allowance(self) -> float:
+        """The largest queueing allowance of any action (seconds); start-up refuses one that a
+        revocation would not outlast in the stream."""
+        settings = self.settings
+        largest = self.registry.largest_allowance(settings.queued_for_seconds)
+        try:
+            settings.check_retention(largest, "the largest queueing allowance")
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
+        return largest
+
     async def _run(self, stop: asyncio.Event) -> None:
         settings = self.settings
         url = settings.broker_url.get_secret_value()
+        allowance = self.allowance()
         async with httpx.AsyncClient(timeout=settings.jwks_timeout_seconds) as http:
             keyring = self.keyring = build_keyring(settings, http)
             await keyring.load()
             if self.revocations is None:
-                self.revocations = RevocationList(settings.revocation_max_entries)
+                self.revocations = RevocationList(settings.revocation_max_entries, hold=allowance)
             feed = self.feed = RevocationFeed(
                 url,
                 self.revocations,
@@ -205,18 +219,45 @@ class Worker:
                 cache=VerifiedTokens(settings.token_cache_size)
                 if settings.token_cache_size
                 else None,
+                queued_for=settings.queued_for_seconds,
             )
             connection = self.connection = await connect(
                 url, "consuming", heartbeat=settings.heartbeat_seconds, worker_id=settings.worker_id
             )
-            async with connection, asyncio.TaskGroup() as background:
-                tasks = [background.create_task(keyring.refresh_forever())]
-                try:
-                    await self._serve(connection, gate, feed, stop, tasks, background)
-                finally:
-                    for task in tasks:
-                        task.cancel()
+            async with connection:
+                witnessed = await self._witnessed(connection, allowance)
+                async with asyncio.TaskGroup() as background:
+                    tasks = [background.create_task(keyring.refresh_forever())]
+                    try:
+                        await self._serve(
+                            connection, gate, feed, stop, tasks, background, witnessed=witnessed
+                        )
+                    finally:
+                        for task in tasks:
+                            task.cancel()
         log.info("stopped")
+
+    async def _witnessed(self, connection: Connection, allowance: float) -> bool:
+        """Whether the broker witnesses arrivals (:func:`~worker.amqp.arrival.stamping`): only
+        then is a job's arrival read. A worker with an allowance refuses to start otherwise."""
+        publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        channel = await connection.channel()
+        try:
+            found = await stamping(publisher, channel, self.settings.queues[0])
+        finally:
+            for open_channel in (publisher, channel):
+                with contextlib.suppress(*TRANSPORT_ERRORS):
+                    await open_channel.close()
+        if found is None:
+            return True
+        if allowance:
+            raise unwitnessed(found)
+        log.info(
+            "the broker does not witness arrivals: no queueing allowance is possible, and dead "
+            "letters record no received_at",
+            extra={"why": found},
+        )
+        return False
 
     async def _serve(
         self,
@@ -226,6 +267,8 @@ class Worker:
         stop: asyncio.Event,
         tasks: list[asyncio.Task[None]],
         background: asyncio.TaskGroup,
+        *,
+        witnessed: bool,
     ) -> None:
         settings = self.settings
         channel = await connection.channel()
@@ -248,6 +291,7 @@ class Worker:
             metrics=self.metrics,
             tracing=self.tracing,
             on_settled=self.on_settled,
+            witnessed=witnessed,
         )
         handlers = {name: partial(consumer.on_message, name) for name in queues}
         for name in queues:
