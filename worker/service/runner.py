@@ -7,17 +7,18 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TypeVar
 
 import httpx
 
 from worker import names
-from worker.amqp.connection import TRANSPORT_ERRORS, Connection, connect
+from worker.amqp.connection import TRANSPORT_ERRORS, Channel, Connection, connect, describe
 from worker.amqp.feed import RevocationFeed
 from worker.amqp.inbound import Subscriptions
+from worker.amqp.links import CreditKeeper, Link, Publishing
 from worker.amqp.topology import declare_stream, declare_topology
 from worker.auth.keys import Keyring
 from worker.auth.revocation import RevocationList
@@ -32,8 +33,15 @@ from worker.pipeline.delivery import Delivery
 from worker.pipeline.outcomes import Outcome
 from worker.service.consumer import Consumer
 from worker.settings import Settings
+from worker.support.backoff import backoff
 
 log = logging.getLogger("warden.worker")
+
+T = TypeVar("T")
+
+DECLARE_SECONDS = 30.0
+"""How long one attempt at declaring the queues may take before it is tried again."""
+_DECLARE_FAILURES: tuple[type[BaseException], ...] = (*TRANSPORT_ERRORS, TimeoutError)
 
 
 YOUNG_COLLECTION_EVERY = 50_000
@@ -74,16 +82,6 @@ def _report_unfinished(consumer: Consumer) -> None:
         )
 
 
-async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
-    """Wait until the first of ``waits`` is done; cancel the others."""
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-
-
 async def _hold_while_unreliable(feed: RevocationFeed, subscriptions: Subscriptions) -> None:
     """Take no job while the revocation list cannot be relied on: jobs wait in their queues."""
     while True:
@@ -122,6 +120,12 @@ class Worker:
     keyring: Keyring | None = None
     feed: RevocationFeed | None = None
     connection: Connection | None = None
+    """The consuming connection."""
+    consuming: Link | None = None
+    publishing: Publishing | None = None
+    """The connection copies and markers are published on."""
+    stage: str = "starting"
+    """What the worker is doing, as ``/readyz`` says while it is not consuming."""
     consumer: Consumer | None = None
     metrics: Metrics = field(default_factory=Metrics)
     http: HealthServer | None = None
@@ -149,9 +153,11 @@ class Worker:
         """What ``/readyz`` requires: each check says why it is not met, or None."""
 
         def broker() -> str | None:
-            if self.connection is None or self.connection.is_closed:
+            if self.consuming is None:
                 return "not connected to the broker"
-            return None
+            return self.consuming.why_not_ready() or (
+                self.publishing.why_not_ready() if self.publishing else None
+            )
 
         def keys() -> str | None:
             missing = self.keyring.unloaded() if self.keyring else ["every issuer"]
@@ -165,16 +171,20 @@ class Worker:
             )
 
         def consuming() -> str | None:
-            return None if self.ready.is_set() else "not consuming"
+            return None if self.ready.is_set() else f"not consuming: {self.stage}"
 
         return {"broker": broker, "keys": keys, "revocations": revocations, "consuming": consuming}
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until ``stop`` is set, then let in-flight messages finish and close."""
+        """Consume until ``stop`` is set, then let in-flight messages finish and close. ``stop``
+        is heeded at every stage: set while starting (keys, connecting, declaring, reading the
+        feed), the worker closes what it opened and returns."""
         self.http = HealthServer(self.metrics.registry, self.readiness(), self.settings.http_port)
         log.info("serving /metrics, /healthz and /readyz", extra={"port": self.http.port})
         try:
             await self._run(stop)
+        except Stopped:
+            log.info("stopped while starting", extra={"stage": self.stage})
         finally:
             self.ready.clear()
             self.http.close()
@@ -184,7 +194,8 @@ class Worker:
         url = settings.broker_url.get_secret_value()
         async with httpx.AsyncClient(timeout=settings.jwks_timeout_seconds) as http:
             keyring = self.keyring = build_keyring(settings, http)
-            await keyring.load()
+            self.stage = "fetching the issuers' keys"
+            await unless_stopped(stop, keyring.load())
             if self.revocations is None:
                 self.revocations = RevocationList(settings.revocation_max_entries)
             feed = self.feed = RevocationFeed(
@@ -205,19 +216,62 @@ class Worker:
                 if settings.token_cache_size
                 else None,
             )
-            connection = self.connection = await connect(url, settings.worker_id)
-            async with connection, asyncio.TaskGroup() as background:
-                tasks = [background.create_task(keyring.refresh_forever())]
-                try:
-                    await self._serve(connection, gate, feed, stop, tasks, background)
-                finally:
-                    for task in tasks:
-                        task.cancel()
+            self.stage = "connecting to the broker"
+            connection = self.connection = await unless_stopped(
+                stop, connect(url, settings.worker_id)
+            )
+            self.consuming = Link(connection, "consuming")
+            async with connection:
+                publishing = await unless_stopped(stop, Publishing.open(url, settings.worker_id))
+                self.publishing = publishing
+                publishing.listeners.append(feed.publishing_blocked)
+                feed.markers = publishing.channel
+                async with publishing.connection, asyncio.TaskGroup() as background:
+                    tasks = [background.create_task(keyring.refresh_forever())]
+                    try:
+                        await self._serve(
+                            connection, publishing, gate, feed, stop, tasks, background
+                        )
+                    finally:
+                        for task in tasks:
+                            task.cancel()
         log.info("stopped")
+
+    async def _declare(self, channel: Channel, stop: asyncio.Event) -> list[str]:
+        """Declare what the worker uses; while the broker cannot (a queue without a leader, a
+        stream without quorum, a channel closed under it), say why and try again."""
+        settings = self.settings
+        failures = 0
+        while True:
+            try:
+                async with asyncio.timeout(DECLARE_SECONDS):
+                    queues = await unless_stopped(
+                        stop,
+                        declare_topology(
+                            channel,
+                            settings.queues,
+                            settings.delivery_limit,
+                            settings.retry_tiers(),
+                        ),
+                    )
+                    await unless_stopped(
+                        stop, declare_stream(channel, settings.revocation_retention)
+                    )
+                    return list(queues)
+            except _DECLARE_FAILURES as exc:
+                why = describe(exc) if not isinstance(exc, TimeoutError) else "no answer"
+                self.stage = f"declaring the queues: the broker cannot yet ({why})"
+                log.warning(
+                    "could not declare the queues; trying again",
+                    extra={"error": why, "attempt": failures + 1},
+                )
+                await unless_stopped(stop, asyncio.sleep(backoff(0.5, 10.0, failures)))
+                failures += 1
 
     async def _serve(
         self,
         connection: Connection,
+        publishing: Publishing,
         gate: Gate,
         feed: RevocationFeed,
         stop: asyncio.Event,
@@ -225,23 +279,19 @@ class Worker:
         background: asyncio.TaskGroup,
     ) -> None:
         settings = self.settings
-        channel = await connection.channel()
-        await channel.set_qos(prefetch_count=settings.prefetch)
-        publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        queues = await declare_topology(
-            channel, settings.queues, settings.delivery_limit, settings.retry_tiers()
-        )
-        await declare_stream(channel, settings.revocation_retention)
+        self.stage = "declaring the queues"
+        channel = await unless_stopped(stop, connection.channel())
+        await unless_stopped(stop, channel.set_qos(prefetch_count=settings.prefetch))
+        queues = await self._declare(channel, stop)
         tasks.append(background.create_task(feed.follow_forever()))
+        self.stage = "reading the revocation feed to its end"
         log.info("reading the revocation feed before taking jobs")
-        await _first(feed.caught_up.wait(), stop.wait())
-        if stop.is_set():
-            return
+        await unless_stopped(stop, feed.caught_up.wait())
 
         consumer = self.consumer = Consumer(
             gate,
             settings,
-            publisher,
+            publishing,
             metrics=self.metrics,
             tracing=self.tracing,
             on_settled=self.on_settled,
@@ -254,7 +304,14 @@ class Worker:
                 consumer.on_message, name, quarantined=True
             )
         subscriptions = Subscriptions(channel, handlers)
-        await subscriptions.start()
+        self.stage = "registering the consumers"
+        await unless_stopped(stop, subscriptions.start())
+        keeper = CreditKeeper(
+            publishing,
+            subscriptions.renew,
+            step=max(1, settings.prefetch // 2),
+            bound=settings.blocked_max_waiting,
+        )
         tasks.append(background.create_task(_hold_while_unreliable(feed, subscriptions)))
         log.info(
             "consuming",
@@ -265,11 +322,14 @@ class Worker:
                 "worker": settings.worker_id,
             },
         )
+        self.stage = "consuming"
         self.ready.set()
         await stop.wait()
         self.ready.clear()
+        self.stage = "stopping"
 
         log.info("stopping: no new messages; waiting for those in flight")
+        await keeper.close()
         await subscriptions.stop()
         if consumer.in_flight:
             await asyncio.wait(set(consumer.in_flight), timeout=settings.shutdown_grace_seconds)
@@ -278,6 +338,30 @@ class Worker:
             task.cancel()
         consumer.threads.close()
         await consumer.flushed()
-        for open_channel in (publisher, channel):
+        # The consuming channel first, right after the last acks: what it still holds unacked
+        # goes back to its queue before anything else closes.
+        for open_channel in (channel, publishing.channel):
             with contextlib.suppress(*TRANSPORT_ERRORS):
                 await open_channel.close()
+
+
+class Stopped(Exception):
+    """The stop signal came while the worker was starting."""
+
+
+async def unless_stopped(stop: asyncio.Event, step: Awaitable[T]) -> T:
+    """What ``step`` returns; should ``stop`` be set first, cancel it and raise
+    :class:`Stopped`."""
+    task = asyncio.ensure_future(step)
+    if not stop.is_set():
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+    if task.done() and not stop.is_set():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    raise Stopped
