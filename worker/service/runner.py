@@ -146,6 +146,8 @@ class Worker:
                 revocation_faults=lambda: self.feed.faults if self.feed else 0,
                 revocations_untrusted=lambda: self.feed.untrusted if self.feed else 0,
                 jwks=lambda: iter(self.keyring.fetch_counts() if self.keyring else ()),
+                publishing_blocked=lambda: int(bool(self.publishing and self.publishing.blocked)),
+                waiting_on_publishing=lambda: self.publishing.waiting if self.publishing else 0,
             )
         )
 

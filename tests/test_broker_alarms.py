@@ -1,0 +1,124 @@
+"""A resource alarm blocks publishing, not the worker: during a memory or a disk alarm on its
+node, allowed jobs keep running while denied ones wait, unacked, for their dead letters; once
+the alarm clears, every denied job is in the dead-letter queue once and nothing is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from tests.conftest import REGISTRY, Running, worker_settings
+from tests.support.actions import ran
+from tests.support.issuer import Issuer, JwksServer
+from tests.support.logwatch import LogWatch
+from tests.support.nodes import Node
+from tests.support.rabbit import Rabbit
+from worker import names
+from worker.amqp import links
+from worker.service.runner import Worker
+
+pytestmark = pytest.mark.cluster
+
+PREFETCH = 10
+JOBS = 400
+DENIED_EVERY = 5
+"""One job in five is denied (its token lacks the action's scope): 20 %."""
+
+
+@pytest.fixture
+async def node_rabbit(standalone_node: Node) -> AsyncIterator[Rabbit]:
+    async with Rabbit(standalone_node.url) as client:
+        yield client
+
+
+async def readyz(worker: Worker) -> httpx.Response:
+    assert worker.http is not None
+    async with httpx.AsyncClient(timeout=5) as http:
+        return await http.get(f"http://127.0.0.1:{worker.http.port}/readyz")
+
+
+def test_aiormq_still_has_the_frame_handlers_the_block_watch_wraps() -> None:
+    import aiormq
+
+    for name in (links._ON_BLOCKED, links._ON_UNBLOCKED):
+        assert callable(getattr(aiormq.Connection, name, None)), name
+
+
+@pytest.mark.parametrize("alarm", ["memory", "disk"])
+async def test_allowed_jobs_run_through_an_alarm_and_denied_ones_are_dead_lettered_once_after(
+    alarm: str,
+    standalone_node: Node,
+    node_rabbit: Rabbit,
+    jwks: JwksServer,
+    issuer: Issuer,
+    logwatch: LogWatch,
+) -> None:
+    queue = f"t-alarm-{uuid.uuid4().hex[:10]}"
+    settings = worker_settings(
+        standalone_node.url,
+        jwks,
+        issuer,
+        queue,
+        prefetch=PREFETCH,
+        # Were the time blocked counted as staleness, jobs would stop within the alarm.
+        revocation_max_staleness=2.0,
+    )
+    node_rabbit.forget_later(queue, settings.retry_tiers())
+    running = Running(Worker(settings, REGISTRY))
+    try:
+        await asyncio.wait_for(running.worker.ready.wait(), 30)
+
+        # The prefetch taken by jobs that wait for the test: what follows waits in the queue
+        # until the alarm is up, and then has to go through the worker during it.
+        gated = [await node_rabbit.job(queue, "gated.run", issuer.token()) for _ in range(PREFETCH)]
+        allowed_token = issuer.token(scope="reports:read")
+        denied_token = issuer.token(scope="reports:write")
+        allowed, denied = [], []
+        for i in range(JOBS):
+            if i % DENIED_EVERY == 0:
+                denied.append(await node_rabbit.job(queue, "reports.read", denied_token))
+            else:
+                allowed.append(await node_rabbit.job(queue, "reports.read", allowed_token))
+        await ran.entered.wait()
+
+        raise_alarm = getattr(standalone_node, f"raise_{alarm}_alarm")
+        await raise_alarm()
+        ran.gate.set()
+
+        # During the alarm: every allowed job runs, no dead letter gets through.
+        jobs = await ran.wait_for(len(gated) + len(allowed), timeout=60)
+        assert sorted(job.id for job in jobs) == sorted(gated + allowed)
+        assert standalone_node.alarms == {alarm}
+        record = await logwatch.wait_for(lambda r: r.getMessage().startswith("the broker blocks"))
+        assert record.connection == "publishing"
+        answer = await readyz(running.worker)
+        assert answer.status_code == 503
+        assert "the broker blocks the publishing connection" in answer.json()["broker"]
+        metrics = running.worker.metrics.registry
+        assert metrics.get_sample_value("warden_publishing_blocked") == 1
+        assert metrics.get_sample_value("warden_waiting_on_publishing") == len(denied)
+        assert await node_rabbit.depth(names.dead_letter_queue(queue)) == 0
+
+        clear_alarm = getattr(standalone_node, f"clear_{alarm}_alarm")
+        await clear_alarm()
+
+        # After it: each denied job dead-lettered once, the queue empty, nothing run twice.
+        await node_rabbit.until_depth(names.dead_letter_queue(queue), len(denied), timeout=30)
+        letters = await node_rabbit.get_all(names.dead_letter_queue(queue))
+        assert sorted(m.message_id for m in letters) == sorted(denied)
+        assert {m.headers[names.HEADER_REASON] for m in letters} == {"scope_insufficient"}
+        await logwatch.wait_for(
+            lambda r: r.getMessage() == "the broker no longer blocks publishing"
+        )
+        assert (await readyz(running.worker)).status_code == 200
+        await running.stop()
+        assert await node_rabbit.depth(queue) == 0
+        assert sorted(ran.ids()) == sorted(gated + allowed), "no job ran twice"
+    finally:
+        ran.gate.set()
+        running.stop_event.set()
+        await asyncio.wait_for(asyncio.shield(running.task), 30)
