@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import aio_pika
@@ -43,6 +44,19 @@ def _log_retry(state: RetryCallState) -> None:
     )
 
 
+class _Robust(aio_pika.RobustConnection):
+    """A robust connection that closes itself when its connecting is cancelled (a stop signal
+    while the broker does not answer): its task of reconnecting survives a cancellation, and
+    would keep the process from ending."""
+
+    async def connect(self, timeout: aiormq.abc.TimeoutType = None) -> None:  # noqa: ASYNC109
+        try:
+            await super().connect(timeout)
+        except asyncio.CancelledError:
+            await self.close()
+            raise
+
+
 async def connect(url: str, worker_id: str) -> AbstractRobustConnection:
     """A robust connection; until the broker first answers, keep trying with backoff."""
     async for attempt in AsyncRetrying(
@@ -52,7 +66,9 @@ async def connect(url: str, worker_id: str) -> AbstractRobustConnection:
     ):
         with attempt:
             return await aio_pika.connect_robust(
-                url, client_properties={"connection_name": f"warden {worker_id}"}
+                url,
+                client_properties={"connection_name": f"warden {worker_id}"},
+                connection_class=_Robust,
             )
     raise AssertionError("unreachable: the retry loop only ends by returning or raising")
 

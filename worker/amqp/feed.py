@@ -209,6 +209,14 @@ class RevocationFeed:
                         await self._follow()
                     except _BROKEN as exc:
                         self._detached(exc)
+                    except asyncio.CancelledError as exc:
+                        # aiormq cancels what waits on a connection the broker closed (541
+                        # "Stream coordinator unavailable" without quorum): only a cancellation
+                        # of this task ends it.
+                        current = asyncio.current_task()
+                        if current is None or current.cancelling():
+                            raise
+                        self._detached(exc)
                     await asyncio.sleep(backoff(0.1, 5.0, self._failures))
             finally:
                 watch.cancel()
@@ -399,6 +407,7 @@ class _Probes:
     def __init__(self, broken: asyncio.Event) -> None:
         self._broken = broken
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
         self.failure: BaseException | None = None
 
     def start(self, publishing: Coroutine[Any, Any, None]) -> None:
@@ -408,12 +417,19 @@ class _Probes:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        if task.cancelled() or task.exception() is None:
+        if self._closing:
+            return
+        if task.cancelled():
+            failure: BaseException | None = FeedBroken("a marker's publish was cancelled")
+        else:
+            failure = task.exception()
+        if failure is None:
             return
         if self.failure is None:
-            self.failure = task.exception()
+            self.failure = failure
         self._broken.set()
 
     def cancel(self) -> None:
+        self._closing = True
         for task in set(self._tasks):
             task.cancel()

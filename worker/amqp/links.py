@@ -30,8 +30,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiormq
+from aio_pika.abc import AbstractRobustChannel
 
 from worker.amqp.connection import Channel, Connection, connect
+
+ConsumingChannel = AbstractRobustChannel
+"""The channel a worker consumes on: it reopens, and its consumers are registered again, after
+its connection comes back."""
 
 log = logging.getLogger("warden.worker")
 

@@ -15,15 +15,16 @@ from typing import TypeVar
 import httpx
 
 from worker import names
-from worker.amqp.connection import TRANSPORT_ERRORS, Channel, Connection, connect, describe
+from worker.amqp.connection import TRANSPORT_ERRORS, Connection, connect, describe
 from worker.amqp.feed import RevocationFeed
 from worker.amqp.inbound import Subscriptions
-from worker.amqp.links import CreditKeeper, Link, Publishing
+from worker.amqp.links import ConsumingChannel, CreditKeeper, Link, Publishing
 from worker.amqp.topology import declare_stream, declare_topology
 from worker.auth.keys import Keyring
 from worker.auth.revocation import RevocationList
 from worker.auth.setup import build_introspector, build_keyring, build_trust
 from worker.auth.verified import VerifiedTokens
+from worker.errors import ConfigurationError
 from worker.ops.health import Check, HealthServer
 from worker.ops.metrics import Metrics, StateCollector
 from worker.ops.tracing import NO_TRACING, Tracing
@@ -228,38 +229,46 @@ class Worker:
                 self.publishing = publishing
                 publishing.listeners.append(feed.publishing_blocked)
                 feed.markers = publishing.channel
-                async with publishing.connection, asyncio.TaskGroup() as background:
-                    tasks = [background.create_task(keyring.refresh_forever())]
-                    try:
-                        await self._serve(
-                            connection, publishing, gate, feed, stop, tasks, background
-                        )
-                    finally:
-                        for task in tasks:
-                            task.cancel()
+                try:
+                    async with publishing.connection, asyncio.TaskGroup() as background:
+                        tasks = [background.create_task(keyring.refresh_forever())]
+                        try:
+                            await self._serve(
+                                connection, publishing, gate, feed, stop, tasks, background
+                            )
+                        finally:
+                            for task in tasks:
+                                task.cancel()
+                except* (Stopped, ConfigurationError) as group:
+                    # One cause, said in one line, not a group of one.
+                    raise group.exceptions[0] from None
         log.info("stopped")
 
-    async def _declare(self, channel: Channel, stop: asyncio.Event) -> list[str]:
-        """Declare what the worker uses; while the broker cannot (a queue without a leader, a
-        stream without quorum, a channel closed under it), say why and try again."""
+    async def _declare(
+        self, connection: Connection, stop: asyncio.Event
+    ) -> tuple[ConsumingChannel, list[str]]:
+        """Open the consuming channel and declare what the worker uses; while the broker cannot
+        (a queue without a leader or a majority, a stream without quorum, a connection closed
+        under it), say why and try again."""
         settings = self.settings
+        channel: ConsumingChannel | None = None
+
+        async def declare() -> tuple[ConsumingChannel, list[str]]:
+            nonlocal channel
+            if channel is None:
+                channel = await connection.channel()
+                await channel.set_qos(prefetch_count=settings.prefetch)
+            queues = await declare_topology(
+                channel, settings.queues, settings.delivery_limit, settings.retry_tiers()
+            )
+            await declare_stream(channel, settings.revocation_retention)
+            return channel, list(queues)
+
         failures = 0
         while True:
             try:
                 async with asyncio.timeout(DECLARE_SECONDS):
-                    queues = await unless_stopped(
-                        stop,
-                        declare_topology(
-                            channel,
-                            settings.queues,
-                            settings.delivery_limit,
-                            settings.retry_tiers(),
-                        ),
-                    )
-                    await unless_stopped(
-                        stop, declare_stream(channel, settings.revocation_retention)
-                    )
-                    return list(queues)
+                    return await unless_stopped(stop, declare())
             except _DECLARE_FAILURES as exc:
                 why = describe(exc) if not isinstance(exc, TimeoutError) else "no answer"
                 self.stage = f"declaring the queues: the broker cannot yet ({why})"
@@ -282,9 +291,7 @@ class Worker:
     ) -> None:
         settings = self.settings
         self.stage = "declaring the queues"
-        channel = await unless_stopped(stop, connection.channel())
-        await unless_stopped(stop, channel.set_qos(prefetch_count=settings.prefetch))
-        queues = await self._declare(channel, stop)
+        channel, queues = await self._declare(connection, stop)
         tasks.append(background.create_task(feed.follow_forever()))
         self.stage = "reading the revocation feed to its end"
         log.info("reading the revocation feed before taking jobs")
@@ -307,7 +314,11 @@ class Worker:
             )
         subscriptions = Subscriptions(channel, handlers)
         self.stage = "registering the consumers"
-        await unless_stopped(stop, subscriptions.start())
+        try:
+            await unless_stopped(stop, subscriptions.start())
+        except TRANSPORT_ERRORS as exc:
+            # The channel closed under it (a queue's leader moving): its restore registers them.
+            log.warning("consuming once the channel reopens", extra={"error": describe(exc)})
         keeper = CreditKeeper(
             publishing,
             subscriptions.renew,
@@ -362,6 +373,9 @@ async def unless_stopped(stop: asyncio.Event, step: Awaitable[T]) -> T:
         finally:
             stopping.cancel()
     if task.done() and not stop.is_set():
+        if task.cancelled():
+            # aiormq cancels what waits on a connection the broker closed.
+            raise ConnectionError("cancelled: the connection closed under it")
         return task.result()
     task.cancel()
     with contextlib.suppress(BaseException):
