@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -16,6 +17,7 @@ from tests.support.actions import ran
 from tests.support.issuer import Issuer, JwksServer
 from tests.support.logwatch import LogWatch
 from tests.support.nodes import Node
+from tests.support.processes import WorkerProcess, worker_environment, worker_processes
 from tests.support.rabbit import Rabbit
 from worker import names
 from worker.amqp import links
@@ -122,3 +124,57 @@ async def test_allowed_jobs_run_through_an_alarm_and_denied_ones_are_dead_letter
         ran.gate.set()
         running.stop_event.set()
         await asyncio.wait_for(asyncio.shield(running.task), 30)
+
+
+async def test_sigterm_during_an_alarm_exits_0_and_returns_the_waiting_jobs(
+    standalone_node: Node, node_rabbit: Rabbit, jwks: JwksServer, issuer: Issuer
+) -> None:
+    queue = f"t-alarm-{uuid.uuid4().hex[:10]}"
+    await node_rabbit.declare_work_queue(queue)
+    allowed_token = issuer.token(scope="reports:read")
+    denied_token = issuer.token(scope="reports:write")
+    allowed, denied = [], []
+    for i in range(40):
+        if i % DENIED_EVERY == 0:
+            denied.append(await node_rabbit.job(queue, "reports.read", denied_token))
+        else:
+            allowed.append(await node_rabbit.job(queue, "reports.read", allowed_token))
+    await standalone_node.raise_memory_alarm()
+
+    grace = 3.0
+    async with worker_processes() as start:
+        worker: WorkerProcess = await start(
+            worker_environment(
+                standalone_node.url,
+                queue,
+                jwks,
+                issuer,
+                WARDEN_PREFETCH=str(PREFETCH),
+                WARDEN_LOG_ALLOWED_LEVEL="INFO",
+                WARDEN_SHUTDOWN_GRACE_SECONDS=str(grace),
+                WARDEN_RETRY_BASE_SECONDS="0.05",
+                WARDEN_RETRY_MAX_SECONDS="1",
+                WARDEN_DEFER_MAX_SECONDS="0.5",
+            )
+        )
+        await worker.logged(lambda r: str(r.get("event")).startswith("the broker blocks"))
+        ran: set[str] = set()
+
+        def all_allowed_ran(record: dict[str, Any]) -> bool:
+            if record.get("event") == "allowed":
+                ran.add(record["message_id"])
+            return ran >= set(allowed)
+
+        await worker.logged(all_allowed_ran)
+        status, body = await worker.readyz()
+        assert status == 503
+        assert body["broker"] == "the broker blocks the publishing connection: low on memory"
+
+        # The denied jobs wait for their dead letters: stopped, the worker gives them back.
+        assert await worker.stop(within=grace + 5) == 0, worker.other[-20:]
+        assert not worker.other, worker.other[:10]
+
+    await standalone_node.clear_memory_alarm()
+    back = [m.message_id for m in await node_rabbit.get_all(queue)]
+    letters = [m.message_id for m in await node_rabbit.get_all(names.dead_letter_queue(queue))]
+    assert sorted(back + letters) == sorted(denied), "each denied job is somewhere, once"

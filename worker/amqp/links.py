@@ -32,13 +32,17 @@ from typing import Any
 import aiormq
 from aio_pika.abc import AbstractRobustChannel
 
-from worker.amqp.connection import Channel, Connection, connect
+from worker.amqp.connection import TRANSPORT_ERRORS, Channel, Connection, connect
 
 ConsumingChannel = AbstractRobustChannel
 """The channel a worker consumes on: it reopens, and its consumers are registered again, after
 its connection comes back."""
 
 log = logging.getLogger("warden.worker")
+
+CLOSE_SECONDS = 5.0
+"""How long closing the publishing connection may take: the broker answers a close at once,
+unless it blocks the connection, and then it never reads the close."""
 
 _ON_BLOCKED = "_Connection__handle_connection_blocked"
 _ON_UNBLOCKED = "_Connection__handle_connection_unblocked"
@@ -56,6 +60,9 @@ class Link:
         """The broker's reason while it blocks this connection (``low on memory``), else None."""
         self.blocked_since: float | None = None
         """When the block began (``time.monotonic``)."""
+        self.flowing = asyncio.Event()
+        """Set while the broker does not block the connection."""
+        self.flowing.set()
         self.listeners: list[Callable[[bool], None]] = []
         """Told ``True`` when the broker blocks the connection, ``False`` when the block ends."""
         connection.reconnect_callbacks.add(self._reconnected)
@@ -100,6 +107,7 @@ class Link:
         if self.blocked is not None:
             return
         self.blocked, self.blocked_since = reason, time.monotonic()
+        self.flowing.clear()
         log.error(
             "the broker blocks publishing (a resource alarm); allowed jobs go on, the others "
             "wait unacked for it to end",
@@ -113,6 +121,7 @@ class Link:
             return
         since = self.blocked_since or time.monotonic()
         self.blocked, self.blocked_since = None, None
+        self.flowing.set()
         log.warning(
             "the broker no longer blocks publishing"
             if frame is not None
@@ -149,13 +158,24 @@ class Publishing(Link):
             raise
         return cls(connection, channel)
 
+    async def close(self) -> None:
+        """Close the connection; one the broker blocks, and so does not read, is left after
+        :data:`CLOSE_SECONDS` (its socket closes with the process)."""
+        with contextlib.suppress(TimeoutError, *TRANSPORT_ERRORS):
+            async with asyncio.timeout(CLOSE_SECONDS):
+                await self.connection.close()
+
     @contextlib.asynccontextmanager
     async def settling(self) -> AsyncIterator[None]:
-        """Around the publishes that settle one delivery."""
+        """Around the publishes that settle one delivery: while the broker blocks publishing,
+        first wait for it to end. What would be sent meanwhile would wait in the socket, where
+        a worker stopped during the block could not take it back, and the broker would take it
+        after the block, as well as the original its worker never acked."""
         self.waiting += 1
         if self.on_waiting is not None:
             self.on_waiting(self.waiting)
         try:
+            await self.flowing.wait()
             yield
         finally:
             self.waiting -= 1

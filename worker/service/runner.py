@@ -230,7 +230,7 @@ class Worker:
                 publishing.listeners.append(feed.publishing_blocked)
                 feed.markers = publishing.channel
                 try:
-                    async with publishing.connection, asyncio.TaskGroup() as background:
+                    async with asyncio.TaskGroup() as background:
                         tasks = [background.create_task(keyring.refresh_forever())]
                         try:
                             await self._serve(
@@ -242,6 +242,8 @@ class Worker:
                 except* (Stopped, ConfigurationError) as group:
                     # One cause, said in one line, not a group of one.
                     raise group.exceptions[0] from None
+                finally:
+                    await publishing.close()
         log.info("stopped")
 
     async def _declare(
@@ -351,11 +353,11 @@ class Worker:
             task.cancel()
         consumer.threads.close()
         await consumer.flushed()
-        # The consuming channel first, right after the last acks: what it still holds unacked
-        # goes back to its queue before anything else closes.
-        for open_channel in (channel, publishing.channel):
-            with contextlib.suppress(*TRANSPORT_ERRORS):
-                await open_channel.close()
+        # The consuming channel right after the last acks: what it still holds unacked goes
+        # back to its queue before anything else closes. (The publishing channel closes with
+        # its connection, in bounded time, the broker may be blocking it.)
+        with contextlib.suppress(*TRANSPORT_ERRORS):
+            await channel.close()
 
 
 class Stopped(Exception):
