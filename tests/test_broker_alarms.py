@@ -5,6 +5,7 @@ the alarm clears, every denied job is in the dead-letter queue once and nothing 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,7 +17,7 @@ from tests.conftest import REGISTRY, Running, worker_settings
 from tests.support.actions import ran
 from tests.support.issuer import Issuer, JwksServer
 from tests.support.logwatch import LogWatch
-from tests.support.nodes import Node
+from tests.support.nodes import Node, until
 from tests.support.processes import WorkerProcess, worker_environment, worker_processes
 from tests.support.rabbit import Rabbit
 from worker import names
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.cluster
 
 PREFETCH = 10
 JOBS = 400
+STALENESS = 2.0
 DENIED_EVERY = 5
 """One job in five is denied (its token lacks the action's scope): 20 %."""
 
@@ -67,7 +69,7 @@ async def test_allowed_jobs_run_through_an_alarm_and_denied_ones_are_dead_letter
         queue,
         prefetch=PREFETCH,
         # Were the time blocked counted as staleness, jobs would stop within the alarm.
-        revocation_max_staleness=2.0,
+        revocation_max_staleness=STALENESS,
     )
     node_rabbit.forget_later(queue, settings.retry_tiers())
     running = Running(Worker(settings, REGISTRY))
@@ -97,9 +99,19 @@ async def test_allowed_jobs_run_through_an_alarm_and_denied_ones_are_dead_letter
         assert standalone_node.alarms == {alarm}
         record = await logwatch.wait_for(lambda r: r.getMessage().startswith("the broker blocks"))
         assert record.connection == "publishing"
+        # The block outlasts WARDEN_REVOCATION_MAX_STALENESS, and no marker could be sent all
+        # along: the list is still relied on, as nobody can append a revocation meanwhile.
+        publishing = running.worker.publishing
+        assert publishing is not None
+        assert publishing.blocked_since is not None
+        since = publishing.blocked_since
+        await until(lambda: time.monotonic() - since > 2 * STALENESS, 30, "the block to last")
+        assert running.worker.feed is not None
+        assert running.worker.feed.fresh()
         answer = await readyz(running.worker)
         assert answer.status_code == 503
         assert "the broker blocks the publishing connection" in answer.json()["broker"]
+        assert "revocations" not in answer.json()
         metrics = running.worker.metrics.registry
         assert metrics.get_sample_value("warden_publishing_blocked") == 1
         assert metrics.get_sample_value("warden_waiting_on_publishing") == len(denied)
