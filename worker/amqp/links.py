@@ -132,11 +132,6 @@ class Link:
             listener(False)
 
 
-async def open_link(url: str, worker_id: str, role: str) -> Link:
-    """Connect (trying until the broker answers) and watch the connection."""
-    return Link(await connect(url, f"{worker_id} {role}"), role)
-
-
 class Publishing(Link):
     """The connection and confirm channel warden publishes its copies and markers on; counts
     the publishes under way, which wait for the broker while it blocks them."""

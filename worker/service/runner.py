@@ -365,21 +365,24 @@ class Stopped(Exception):
 
 
 async def unless_stopped(stop: asyncio.Event, step: Awaitable[T]) -> T:
-    """What ``step`` returns; should ``stop`` be set first, cancel it and raise
-    :class:`Stopped`."""
+    """What ``step`` returns; should ``stop`` be set before it is done, cancel it, wait for it
+    to end (a connection being made closes itself), and raise :class:`Stopped`."""
     task = asyncio.ensure_future(step)
-    if not stop.is_set():
-        stopping = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-    if task.done() and not stop.is_set():
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        stopping.cancel()
+    if task.done():
         if task.cancelled():
             # aiormq cancels what waits on a connection the broker closed.
             raise ConnectionError("cancelled: the connection closed under it")
         return task.result()
     task.cancel()
-    with contextlib.suppress(BaseException):
-        await task
+    await asyncio.wait({task})
+    if not task.cancelled():
+        task.exception()  # retrieved: the stop is what is reported
     raise Stopped
