@@ -190,3 +190,56 @@ async def test_sigterm_during_an_alarm_exits_0_and_returns_the_waiting_jobs(
     back = [m.message_id for m in await node_rabbit.get_all(queue)]
     letters = [m.message_id for m in await node_rabbit.get_all(names.dead_letter_queue(queue))]
     assert sorted(back + letters) == sorted(denied), "each denied job is somewhere, once"
+
+
+async def test_past_blocked_max_waiting_no_more_jobs_are_taken_until_the_alarm_ends(
+    standalone_node: Node,
+    node_rabbit: Rabbit,
+    jwks: JwksServer,
+    issuer: Issuer,
+    logwatch: LogWatch,
+) -> None:
+    queue = f"t-alarm-{uuid.uuid4().hex[:10]}"
+    prefetch, bound = 4, 8
+    settings = worker_settings(
+        standalone_node.url, jwks, issuer, queue, prefetch=prefetch, blocked_max_waiting=bound
+    )
+    node_rabbit.forget_later(queue, settings.retry_tiers())
+    running = Running(Worker(settings, REGISTRY))
+    try:
+        await asyncio.wait_for(running.worker.ready.wait(), 30)
+        gated = [await node_rabbit.job(queue, "gated.run", issuer.token()) for _ in range(prefetch)]
+        allowed_token = issuer.token(scope="reports:read")
+        denied_token = issuer.token(scope="reports:write")
+        allowed, denied = [], []
+        for i in range(80):
+            token = denied_token if i % 2 else allowed_token
+            (denied if i % 2 else allowed).append(
+                await node_rabbit.job(queue, "reports.read", token)
+            )
+        await ran.entered.wait()
+        await standalone_node.raise_memory_alarm()
+        ran.gate.set()
+
+        await logwatch.wait_for(
+            lambda r: r.getMessage().startswith("WARDEN_BLOCKED_MAX_WAITING"), timeout=30
+        )
+        metrics = running.worker.metrics.registry
+        waiting = metrics.get_sample_value("warden_waiting_on_publishing")
+        assert waiting is not None
+        assert bound < waiting <= bound + prefetch
+        # What is left stays in the queue, for this worker after the alarm, or for another.
+        assert await node_rabbit.depth(queue) > len(allowed + denied) // 2
+
+        await standalone_node.clear_memory_alarm()
+        await node_rabbit.until_depth(names.dead_letter_queue(queue), len(denied), timeout=60)
+        letters = await node_rabbit.get_all(names.dead_letter_queue(queue))
+        assert sorted(m.message_id for m in letters) == sorted(denied)
+        await ran.wait_for(len(gated) + len(allowed), timeout=30)
+        assert sorted(ran.ids()) == sorted(gated + allowed)
+        await running.stop()
+        assert await node_rabbit.depth(queue) == 0
+    finally:
+        ran.gate.set()
+        running.stop_event.set()
+        await asyncio.wait_for(asyncio.shield(running.task), 30)
