@@ -100,7 +100,7 @@ async def test_allowed_jobs_run_through_an_alarm_and_denied_ones_are_dead_letter
         record = await logwatch.wait_for(lambda r: r.getMessage().startswith("the broker blocks"))
         assert record.connection == "publishing"
         # The block outlasts WARDEN_REVOCATION_MAX_STALENESS, and no marker could be sent all
-        # along: the list is still relied on, as nobody can append a revocation meanwhile.
+        # along: the list is still relied on, its consumer attached.
         publishing = running.worker.publishing
         assert publishing is not None
         assert publishing.blocked_since is not None

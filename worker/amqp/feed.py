@@ -140,9 +140,12 @@ class RevocationFeed:
 
     def _lag(self) -> float:
         """How long since the newest marker that came back was sent, not counting the time the
-        broker has been blocking publishing with the feed attached: no one can append a
-        revocation then (an alarm blocks every publisher of the cluster), so the list misses
-        nothing, while no marker can be sent to show it."""
+        broker has been blocking publishing with the feed attached. A resource alarm blocks
+        every publisher of the cluster, revokers included (the broker reads no more from a
+        connection once it has published), and no marker can be sent to show the feed current;
+        but a block stops publishers' sockets, not deliveries: the attached consumer goes on
+        receiving whatever reaches the stream. So the list is relied on, for the time blocked,
+        as it was when the block began; otherwise no allowed job would run through an alarm."""
         since = self._blocked_since
         now = self._clock()
         if since is not None and self._attached:
