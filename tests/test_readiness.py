@@ -91,9 +91,11 @@ async def test_two_of_three_nodes_down_a_new_replica_waits_and_is_ready_when_one
 
     await asyncio.gather(c2.stop_app(), c3.stop_app())
     async with worker_processes() as start:
-        replica: WorkerProcess = await start(
-            worker_environment(c1.url, queue, jwks, issuer, WARDEN_SHUTDOWN_GRACE_SECONDS="5")
+        environment = worker_environment(
+            c1.url, queue, jwks, issuer, WARDEN_SHUTDOWN_GRACE_SECONDS="5"
         )
+        replica: WorkerProcess = await start(environment)
+        stopped_meanwhile: WorkerProcess = await start(environment)
         # Without a majority, declaring the queues fails after a while; the replica says why
         # and tries again, as often as it takes.
         await replica.logged("could not declare the queues; trying again", timeout=90)
@@ -108,6 +110,11 @@ async def test_two_of_three_nodes_down_a_new_replica_waits_and_is_ready_when_one
             timeout=90,
         )
         assert replica.process.returncode is None, replica.other[-20:]
+        # Stopped while it waits to declare: exit status 0, within the grace period.
+        await stopped_meanwhile.logged("could not declare the queues; trying again", timeout=90)
+        assert await stopped_meanwhile.stop(within=5) == 0
+        assert "stopped while starting" in stopped_meanwhile.events()
+        assert not stopped_meanwhile.other, stopped_meanwhile.other[:10]
         # The replica that ran meanwhile is still there, its feed stale, taking no job.
         assert not first.task.done()
 
