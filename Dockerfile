@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The warden worker image: `docker build -t warden .`, then `docker run ... warden` runs `warden run`.
 # Only the runtime dependencies of pyproject.toml are installed (no test extra, no build tools in
 # the final stage), and the process runs as an unprivileged numeric user.

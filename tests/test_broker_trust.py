@@ -333,3 +333,29 @@ async def test_a_forged_retry_copy_counts_as_a_first_attempt(
     jobs_run = await ran.wait_for(2)
     assert {job.id for job in jobs_run} == {first.message_id, second.message_id}
     assert [job.attempt for job in jobs_run] == [1, 1]
+
+
+async def test_a_tool_run_as_a_role_without_the_permission_says_so_in_one_line(
+    site: Site, start_worker: StartWorker, queue_name: str
+) -> None:
+    """The worker's user may not read dead letters: `warden dlq stats` run with its URL names
+    the user and the refusal, in one line, with no traceback."""
+    await start_worker(broker_url=site.url("worker"), trusted_users=site.trusted)
+    code, printed = await _warden(
+        site.url("worker"), "dlq", "stats", queue_name, "--json", WARDEN_TRUSTED_USERS=site.trusted
+    )
+    assert code != 0, printed
+    [line] = printed.strip().splitlines()
+    assert "ACCESS_REFUSED" in line
+    assert repr(site.user("worker")) in line
+    assert "warden permissions" in line
+    code, printed = await _warden(
+        site.url("operator"),
+        "dlq",
+        "stats",
+        queue_name,
+        "--json",
+        WARDEN_TRUSTED_USERS=site.trusted,
+    )
+    assert code == 0, printed
+    assert json.loads(printed) == {queue_name: {}}

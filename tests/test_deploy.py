@@ -1,27 +1,32 @@
 """Deployment files checked offline: the Dockerfile, compose.yaml, and deploy/kubernetes/.
 
-- ``compose.yaml`` against the Compose Specification's JSON Schema (the copy that
-  check-jsonschema ships as ``vendor.compose-spec``);
+- ``compose.yaml``, alone and with the local override ``deploy/compose/local.yaml``, against the
+  Compose Specification's JSON Schema (the copy that check-jsonschema ships as
+  ``vendor.compose-spec``);
 - the Kubernetes manifests against the Kubernetes API's JSON Schemas (kubernetes-validate, strict:
   an unknown field is an error), and KEDA's resources against the schema of KEDA's CRDs as
   generated into the ``cloudcoil.models.keda`` models (made strict the same way);
 - every ``WARDEN_*`` variable the files set is one that warden reads, and the values load;
 - the image's command and health check are the real CLI and the real endpoint.
 
-No Docker and no cluster needed.
+No Docker and no cluster needed. deploy/stack-check.sh (run by .ci/run) runs the stack for real.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import copy
+import fnmatch
 import hashlib
 import importlib
 import importlib.resources
+import importlib.util
 import json
 import os
 import re
 import shlex
+import ssl
 import subprocess
 import sys
 import threading
@@ -34,6 +39,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import click
+import httpx
+import jwt
 import kubernetes_validate
 import pytest
 import yaml
@@ -43,6 +50,7 @@ from pydantic import SecretStr
 
 from worker.amqp.topology import roles
 from worker.cli import main as cli
+from worker.devissuer import __main__ as devissuer_main
 from worker.pipeline.actions import Registry
 from worker.settings import ENV_PREFIX, BrokerSettings, Settings, load_settings
 from worker.support.urls import secure_url
@@ -50,6 +58,7 @@ from worker.support.urls import secure_url
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "compose.yaml"
+LOCAL = ROOT / "deploy" / "compose" / "local.yaml"
 DEMO = ROOT / "deploy" / "compose" / "demo.sh"
 REALM = ROOT / "deploy" / "compose" / "warden-realm.json"
 KUBERNETES = ROOT / "deploy" / "kubernetes"
@@ -115,12 +124,16 @@ def _load_environment(monkeypatch: pytest.MonkeyPatch, environment: dict[str, st
 _INTERPOLATION = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}")
 
 
-def _interpolate(node: Any) -> Any:
-    """Compose's interpolation, every variable unset: ``${X:-default}`` is the default."""
+def _interpolate(node: Any, env: dict[str, str] | None = None) -> Any:
+    """Compose's interpolation with the variables of ``env`` set, every other one unset:
+    ``${X:-default}`` is then the default."""
+    env = env or {}
     if isinstance(node, dict):
-        return {key: _interpolate(value) for key, value in node.items()}
+        return {key: _interpolate(value, env) for key, value in node.items()}
     if isinstance(node, list):
-        return [_interpolate(item) for item in node]
+        return [_interpolate(item, env) for item in node]
+    if isinstance(node, Tagged):
+        return Tagged(node.tag, _interpolate(node.value, env))
     if not isinstance(node, str):
         return node
 
@@ -128,6 +141,8 @@ def _interpolate(node: Any) -> Any:
         if match.group(0) == "$$":
             return "$"
         name, operator, word = match.groups()
+        if env.get(name):
+            return env[name]
         if operator in (":-", "-"):
             return word
         if operator in (":?", "?"):
@@ -137,10 +152,66 @@ def _interpolate(node: Any) -> Any:
     return _INTERPOLATION.sub(replace, node)
 
 
-def compose() -> dict[str, Any]:
-    """compose.yaml as ``docker compose config`` would see it with no variable set."""
-    loaded: dict[str, Any] = _interpolate(yaml.safe_load(COMPOSE.read_text(encoding="utf-8")))
+def compose(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """compose.yaml as ``docker compose config`` would see it with only ``env`` set."""
+    loaded: dict[str, Any] = _interpolate(yaml.safe_load(COMPOSE.read_text(encoding="utf-8")), env)
     return loaded
+
+
+@dataclass(frozen=True)
+class Tagged:
+    """An override file's ``!reset`` (drop what the base file says) or ``!override`` (replace
+    it instead of merging)."""
+
+    tag: str
+    value: Any
+
+
+class _OverrideLoader(yaml.SafeLoader):
+    pass
+
+
+for _tag in ("!reset", "!override"):
+    _OverrideLoader.add_constructor(
+        _tag,
+        lambda loader, node, tag=_tag: Tagged(
+            tag,
+            loader.construct_sequence(node, deep=True)
+            if isinstance(node, yaml.SequenceNode)
+            else loader.construct_mapping(node, deep=True)
+            if isinstance(node, yaml.MappingNode)
+            else loader.construct_scalar(node),
+        ),
+    )
+
+
+def _merge(base: Any, override: Any) -> Any:
+    """Compose's merge of an override file, as far as these files use it: mappings merge key by
+    key, ``!reset`` drops, ``!override`` and anything else replaces."""
+    if isinstance(override, Tagged):
+        return None if override.tag == "!reset" else override.value
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            merged[key] = _merge(base.get(key), value)
+            if merged[key] is None:
+                del merged[key]
+        return merged
+    return override
+
+
+def local_override() -> dict[str, Any]:
+    """deploy/compose/local.yaml alone, its tags kept, with no variable set."""
+    loaded: dict[str, Any] = _interpolate(
+        yaml.load(LOCAL.read_text(encoding="utf-8"), Loader=_OverrideLoader)
+    )
+    return loaded
+
+
+def compose_local() -> dict[str, Any]:
+    """``docker compose -f compose.yaml -f deploy/compose/local.yaml``, no variable set."""
+    merged: dict[str, Any] = _merge(compose(), local_override())
+    return merged
 
 
 def environment_of(service: dict[str, Any]) -> dict[str, str]:
@@ -170,11 +241,13 @@ def compose_spec_schema() -> dict[str, Any]:
     return schema
 
 
-def test_compose_file_is_valid_against_the_compose_specification() -> None:
+@pytest.mark.parametrize("files", ["compose.yaml", "compose.yaml + local.yaml"])
+def test_compose_file_is_valid_against_the_compose_specification(files: str) -> None:
     schema = compose_spec_schema()
     Draft202012Validator.check_schema(schema)
+    document = compose() if files == "compose.yaml" else compose_local()
     errors = sorted(
-        Draft202012Validator(schema).iter_errors(compose()), key=lambda e: list(e.absolute_path)
+        Draft202012Validator(schema).iter_errors(document), key=lambda e: list(e.absolute_path)
     )
     assert not errors, "\n".join(
         f"{'.'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}" for e in errors
@@ -188,11 +261,13 @@ def test_the_compose_schema_does_refuse_a_wrong_file() -> None:
     assert list(Draft202012Validator(compose_spec_schema()).iter_errors(bad))
 
 
-def test_every_warden_variable_in_compose_is_one_warden_reads() -> None:
+@pytest.mark.parametrize("files", ["compose.yaml", "compose.yaml + local.yaml"])
+def test_every_warden_variable_in_compose_is_one_warden_reads(files: str) -> None:
     known = settings_variables() | cli_variables()
+    document = compose() if files == "compose.yaml" else compose_local()
     unknown = {
         f"{name} (service {service_name})"
-        for service_name, service in compose()["services"].items()
+        for service_name, service in document["services"].items()
         for name in environment_of(service)
         if name.upper().startswith(ENV_PREFIX) and name not in known
     }
@@ -315,12 +390,53 @@ def test_each_role_has_its_own_broker_user_with_what_warden_permissions_prints(
     assert "load_definitions = /etc/rabbitmq/definitions.json" in conf
 
 
-def test_rabbitmq_is_the_official_image_with_the_management_plugin() -> None:
+def test_rabbitmq_is_the_official_image_ci_tests_with_the_management_plugin() -> None:
+    """The 4.x that .ci/run tests (tests/brokers/rabbitmq4.sh refuses any other)."""
     rabbitmq = compose()["services"]["rabbitmq"]
-    image = rabbitmq["image"]
-    assert image.startswith("rabbitmq:")
-    assert image.endswith("-management")
+    tested = re.search(
+        r'\[\[ "\$version" == (\d+\.\d+)\.\* \]\]',
+        (ROOT / "tests" / "brokers" / "rabbitmq4.sh").read_text(encoding="utf-8"),
+    )
+    assert tested, "tests/brokers/rabbitmq4.sh no longer checks the version it built"
+    assert rabbitmq["image"] == f"rabbitmq:{tested.group(1)}-management"
     assert any(str(port).endswith(":15672") for port in rabbitmq["ports"])
+
+
+def _conf(text: str) -> dict[str, str]:
+    """A rabbitmq.conf (sysctl format) as key -> value."""
+    pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line.split("#")[0])
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def test_the_broker_stamps_every_arrival_over_what_the_publisher_sent() -> None:
+    """Both the official image and the offline stand-in read conf.d, where compose mounts the
+    stack's rabbitmq.conf after the image's defaults; nothing there turns the stamp off."""
+    rabbitmq = compose()["services"]["rabbitmq"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in rabbitmq["volumes"]}
+    target = next(t for t, source in mounts.items() if source == "./deploy/compose/rabbitmq.conf")
+    assert target.startswith("/etc/rabbitmq/conf.d/"), target
+    conf = _conf((ROOT / "deploy" / "compose" / "rabbitmq.conf").read_text(encoding="utf-8"))
+    assert conf["message_interceptors.incoming.set_header_timestamp.overwrite"] == "true"
+    standin = ROOT / "deploy" / "local-images" / "rabbitmq-defaults.conf"
+    assert not any(k.startswith("message_interceptors") for k in _conf(standin.read_text()))
+    assert "10-defaults.conf" in (ROOT / "deploy" / "local-images.sh").read_text()
+    assert Path(target).name > "10-defaults.conf", "the stack's file is read after the defaults"
+
+
+def test_images_come_from_variables_whose_defaults_are_the_public_images() -> None:
+    public = compose()["services"]
+    assert public["rabbitmq"]["image"] == "rabbitmq:4.0-management"
+    assert public["authz"]["image"] == "quay.io/keycloak/keycloak:26.2"
+    chosen = compose({"RABBITMQ_IMAGE": "mq:local", "KEYCLOAK_IMAGE": "kc:local"})["services"]
+    assert (chosen["rabbitmq"]["image"], chosen["authz"]["image"]) == ("mq:local", "kc:local")
+    # The Python base is the Dockerfile's argument, passed from the environment only when set,
+    # so that unset, the Dockerfile's own default (the public image) holds.
+    [base] = [i for i in dockerfile_stages()[0] if i.keyword == "FROM"]
+    assert base.args.split()[0] == "python:3.12-slim-bookworm"
+    assert "ARG PYTHON_IMAGE=python:3.12-slim-bookworm" in DOCKERFILE.read_text(encoding="utf-8")
+    for name, service in compose_local()["services"].items():
+        if "build" in service:
+            assert service["build"] == {"context": ".", "args": ["PYTHON_IMAGE"]}, name
 
 
 def test_the_demo_runs_once_after_the_workers() -> None:
@@ -333,6 +449,110 @@ def test_the_demo_runs_once_after_the_workers() -> None:
     (script,) = (v for v in demo["volumes"] if v.startswith("./deploy/compose/demo.sh:"))
     target = script.split(":")[1]
     assert demo["command"] == ["sh", target]
+
+
+# --- the local override: the development issuer instead of Keycloak ---------------------------
+
+
+def _devissuer_args(service: dict[str, Any]) -> argparse.Namespace:
+    command = service["command"]
+    assert command[:3] == ["python", "-m", "worker.devissuer"]
+    return devissuer_main.parser().parse_args(command[3:])
+
+
+def test_the_local_override_publishes_nothing_on_the_host() -> None:
+    """A RabbitMQ or a Keycloak may already listen on the host's ports (as on CI machines)."""
+    assert compose()["services"]["rabbitmq"]["ports"], "the default stack still publishes"
+    for name, service in compose_local()["services"].items():
+        assert "ports" not in service, name
+
+
+def test_the_local_override_serves_the_development_issuer_the_workers_and_demo_use() -> None:
+    base, services = compose()["services"], compose_local()["services"]
+    authz = services["authz"]
+    assert authz["image"] == services["worker"]["image"], "built from the project's Dockerfile"
+    args = _devissuer_args(authz)
+    issuer = f"{args.origin}{args.path}"
+    assert issuer.startswith("https://authz:")
+    [entry] = json.loads(environment_of(services["worker"])["WARDEN_ISSUERS"])
+    assert entry == {"issuer": issuer}, "its tokens are RFC 9068's: the default profile"
+    assert environment_of(services["demo"])["DEMO_TOKEN_URL"] == f"{issuer}/token"
+    assert args.audience == environment_of(services["worker"])["WARDEN_AUDIENCE"]
+    # It serves with the demo's certificate (the `certs` service), which workers and demo trust.
+    assert authz["volumes"] == ["certs:/certs:ro"]
+    assert authz["depends_on"]["certs"]["condition"] == "service_completed_successfully"
+    assert (args.tls_cert, args.tls_key) == ("/certs/authz.pem", "/certs/authz-key.pem")
+    # The realm's clients, their secrets from the same variables and defaults as Keycloak's.
+    clients = {client_id: set(scopes.split()) for client_id, scopes in args.client}
+    assert clients == {
+        "reporter": {"reports:read", "reports:write"},
+        "reader": {"reports:read", "billing:read"},
+    }
+    assert args.resource == [["reader", "https://billing.example.com"]]
+    env = environment_of(authz)
+    for client_id in clients:
+        name = devissuer_main.secret_variable(client_id)
+        assert env[name] == environment_of(base["authz"])[name] == f"{client_id}-demo-secret"
+    health = " ".join(authz["healthcheck"]["test"])
+    assert f"{issuer}/.well-known/openid-configuration" in health
+    assert f"== '{issuer}'" in health
+
+
+def test_the_local_issuer_answers_the_demo_over_https_with_the_demo_certificates(
+    tmp_path: Path,
+) -> None:
+    """The override's own command line, served on loopback with certificates made by the
+    `certs` service's script; a client verifying strictly (as Python 3.13 does by default)
+    trusts it, and it grants what each step of demo.sh asks for."""
+    spec = importlib.util.spec_from_file_location("certs", ROOT / "deploy" / "compose" / "certs.py")
+    assert spec is not None
+    assert spec.loader is not None
+    certs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(certs)
+    certs.main(tmp_path)
+    args = _devissuer_args(compose_local()["services"]["authz"])
+    args.bind, args.port = "127.0.0.1", 0
+    args.tls_cert, args.tls_key = str(tmp_path / "authz.pem"), str(tmp_path / "authz-key.pem")
+    secrets = {"REPORTER_CLIENT_SECRET": "r-secret", "READER_CLIENT_SECRET": "b-secret"}
+    trust = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    trust.verify_flags |= ssl.VERIFY_X509_STRICT
+    with devissuer_main.build(args, secrets) as issuer, httpx.Client(verify=trust) as http:
+        base = f"https://localhost:{issuer.port}{args.path}"
+        metadata = http.get(f"{base}/.well-known/openid-configuration").raise_for_status().json()
+        assert metadata["issuer"] == f"{args.origin}{args.path}"
+        jwks = jwt.PyJWKSet.from_dict(http.get(f"{base}/jwks").raise_for_status().json())
+
+        def token(client: str, secret: str, scope: str, resource: str | None) -> httpx.Response:
+            form = {"grant_type": "client_credentials", "scope": scope}
+            if resource:
+                form["resource"] = resource
+            return http.post(f"{base}/token", data=form, auth=(client, secret))
+
+        def claims(response: httpx.Response, audience: str) -> dict[str, Any]:
+            access = response.raise_for_status().json()["access_token"]
+            key = jwks[jwt.get_unverified_header(access)["kid"]].key
+            return dict(
+                jwt.decode(access, key, ["RS256"], audience=audience, issuer=metadata["issuer"])
+            )
+
+        jobs, billing = args.audience, "https://billing.example.com"
+        granted = claims(token("reporter", "r-secret", "reports:write", jobs), jobs)
+        assert (granted["client_id"], granted["scope"]) == ("reporter", "reports:write")
+        assert claims(token("reader", "b-secret", "reports:read", jobs), jobs)["scope"] == (
+            "reports:read"
+        )
+        # demo.sh's audience_mismatch: the reader's token for the billing API.
+        assert claims(token("reader", "b-secret", "billing:read", billing), billing)["aud"] == (
+            billing
+        )
+        # demo.sh's signature_invalid fetches a token without a resource: warden's audience.
+        assert claims(token("reporter", "r-secret", "reports:write", None), jobs)["aud"] == jobs
+        # What the realm does not grant, it refuses too.
+        assert token("reader", "b-secret", "reports:write", jobs).json()["error"] == "invalid_scope"
+        assert token("reporter", "r-secret", "reports:write", billing).json()["error"] == (
+            "invalid_target"
+        )
+        assert token("reporter", "b-secret", "reports:write", jobs).status_code == 401
 
 
 def test_the_realm_grants_what_the_demo_expects() -> None:
@@ -525,6 +745,39 @@ def console_script(name: str) -> Any:
     target = pyproject["project"]["scripts"][name]
     module, _, attribute = target.partition(":")
     return getattr(importlib.import_module(module), attribute)
+
+
+def _in_build_context(path: str) -> bool:
+    """Whether .dockerignore lets ``path`` into the build context: the last pattern that matches
+    it or a directory above it decides, ``!`` letting it in."""
+    included = True
+    for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        pattern = line.lstrip("!").rstrip("/")
+        if fnmatch.fnmatch(path, pattern) or path.startswith(f"{pattern}/"):
+            included = line.startswith("!")
+    return included
+
+
+def test_the_image_builds_from_its_base_image_and_the_build_context_alone() -> None:
+    """Every file a COPY takes is in the build context, and no parser directive fetches a
+    build frontend from a registry (offline, only the base image can be had)."""
+    first = DOCKERFILE.read_text(encoding="utf-8").splitlines()[0]
+    assert not re.match(r"#\s*syntax\s*=", first, re.IGNORECASE), first
+    copied = [
+        source
+        for stage in dockerfile_stages()
+        for i in stage
+        if i.keyword == "COPY" and not i.args.startswith("--from")
+        for source in i.args.split()[:-1]
+    ]
+    assert {"pyproject.toml", "worker", "schemas"} <= set(copied)
+    for source in copied:
+        assert (ROOT / source).exists(), source
+        assert _in_build_context(source), f"{source} is copied but .dockerignore leaves it out"
+    assert not _in_build_context("tests"), "the context holds what the image needs only"
 
 
 def test_the_image_runs_the_real_cli_in_exec_form() -> None:
@@ -864,3 +1117,28 @@ def test_keda_scales_the_workers_on_queue_length_through_the_management_api(
     budget = one("PodDisruptionBudget")["spec"]
     assert scaled["minReplicaCount"] > budget.get("maxUnavailable", 1)
     assert scaled["maxReplicaCount"] >= scaled["minReplicaCount"]
+
+
+# --- the stack, run for real in CI -----------------------------------------------------------
+
+
+def test_ci_runs_the_local_stack_for_real_within_a_time_bound() -> None:
+    """.ci/run runs deploy/stack-check.sh under a bound of at most 15 minutes; the check runs
+    the local override under a project name of its own, so that it never meets a user's stack;
+    its scripts parse."""
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert 'timeout "$stack_budget" deploy/stack-check.sh' in ci
+    budget = re.search(r"^stack_budget=(\d+)m$", ci, re.MULTILINE)
+    assert budget, "no stack_budget in .ci/run"
+    assert int(budget.group(1)) <= 15
+    check = (ROOT / "deploy" / "stack-check.sh").read_text(encoding="utf-8")
+    assert "export COMPOSE_FILE=compose.yaml:deploy/compose/local.yaml" in check
+    assert 'project="${WARDEN_STACK_PROJECT:-warden-stackcheck-$$}"' in check
+    for script, shell in (
+        ("deploy/stack-check.sh", "bash"),
+        ("deploy/local-images.sh", "bash"),
+        ("deploy/local-images/rabbitmq-entrypoint.sh", "sh"),
+    ):
+        parsed = subprocess.run([shell, "-n", ROOT / script], capture_output=True, text=True)
+        assert parsed.returncode == 0, f"{script}: {parsed.stderr}"
+        assert os.access(ROOT / script, os.X_OK), f"{script} is not executable"

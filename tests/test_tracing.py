@@ -5,6 +5,8 @@ token. Spans are caught by the OpenTelemetry SDK's in-memory exporter."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -167,3 +169,16 @@ def test_without_otel_variables_warden_run_makes_no_spans(monkeypatch: pytest.Mo
     assert TracingSettings().exporters() == ("console",)
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     assert TracingSettings().exporters() == ()
+
+
+def test_without_the_otel_extra_warden_run_starts_and_says_no_spans(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The image installs no extra: not even the ``opentelemetry`` namespace is importable."""
+    for name in [n for n in sys.modules if n.partition(".")[0] == "opentelemetry"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)  # `import opentelemetry` fails
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    with caplog.at_level(logging.WARNING, logger="warden"):
+        assert configured(TracingSettings()) is NO_TRACING
+    assert "the otel extra is not installed" in caplog.text

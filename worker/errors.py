@@ -32,6 +32,11 @@ class InvalidEvent(Permanent, ValueError):
     """A revocation event that does not follow ``schemas/revocation.schema.json``."""
 
 
+class AccessRefused(Permanent):
+    """The broker refused a tool's user something its permissions do not allow (``warden
+    permissions`` prints what each role may do)."""
+
+
 class QueueMissing(Permanent):
     """A queue a tool needs does not exist."""
 

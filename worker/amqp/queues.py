@@ -37,7 +37,7 @@ from worker.amqp.outbound import (
     send_in_transaction,
     send_salvaged,
 )
-from worker.errors import QueueMissing, TableNotEncodable
+from worker.errors import AccessRefused, QueueMissing, TableNotEncodable
 
 log = logging.getLogger("warden.dlq")
 
@@ -212,10 +212,17 @@ async def _take_all(channel: AbstractChannel, queue: str) -> list[Held]:
 
 @asynccontextmanager
 async def connected(url: str, name: str, user: str) -> AsyncIterator[Queues]:
-    """A tool's connection called ``name`` as ``user``, closed afterwards."""
+    """A tool's connection called ``name`` as ``user``, closed afterwards. What the user's
+    permissions refuse is :class:`~worker.errors.AccessRefused`, naming the user."""
     connection = await aio_pika.connect(url, client_properties={"connection_name": name})
     async with connection:
-        yield Queues(connection, user)
+        try:
+            yield Queues(connection, user)
+        except aiormq.exceptions.ChannelAccessRefused as exc:
+            raise AccessRefused(
+                f"broker user {user!r} may not do this ({exc}); "
+                "`warden permissions` prints what each role needs"
+            ) from None
 
 
 @asynccontextmanager

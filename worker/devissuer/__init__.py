@@ -1,7 +1,8 @@
 """The development issuer: an authorization server for demos and tests, not for production.
 
 :class:`DevIssuer` serves it on loopback (``warden demo`` runs one; :mod:`worker.testing` hands
-one to tests as ``TestIssuer``); :class:`Issuer` is its authority alone, minting tokens without
+one to tests as ``TestIssuer``), or over https beyond it (``python -m worker.devissuer``, the
+compose stack's local issuer); :class:`Issuer` is its authority alone, minting tokens without
 serving anything.
 """
 

@@ -73,6 +73,8 @@ class Client:
     audience: str
     bound_to: str | None = None
     """The RFC 7638 thumbprint its tokens are bound to (``cnf.jkt``), if sender-constrained."""
+    resources: frozenset[str] = frozenset()
+    """Other audiences it may ask for with an RFC 8707 ``resource`` (tokens for other APIs)."""
 
 
 @dataclass(frozen=True)
@@ -207,15 +209,18 @@ class Issuer:
         secret: str | None = None,
         audience: str | None = None,
         bound_to: ProofKey | str | None = None,
+        resources: Iterable[str] = (),
     ) -> Client:
         """Let ``client_id`` ask for tokens with the client-credentials grant; its secret is
-        generated unless given. ``bound_to`` makes every token it gets sender-constrained."""
+        generated unless given. ``bound_to`` makes every token it gets sender-constrained;
+        ``resources`` are audiences besides ``audience`` it may name in ``resource``."""
         client = Client(
             client_id,
             secret or secrets.token_urlsafe(24),
             frozenset(scopes),
             audience or self.audience,
             None if bound_to is None else _thumbprint(bound_to),
+            frozenset(resources),
         )
         self.clients[client_id] = client
         return client
@@ -237,13 +242,15 @@ class Issuer:
         if not asked <= client.scopes:
             lacking = " ".join(sorted(asked - client.scopes))
             raise GrantRefused("invalid_scope", f"not granted to this client: {lacking}")
-        if resource is not None and resource != client.audience:
-            raise GrantRefused("invalid_target", f"this client's tokens are for {client.audience}")
+        audiences = {client.audience, *client.resources}
+        if resource is not None and resource not in audiences:
+            names = ", ".join(sorted(audiences))
+            raise GrantRefused("invalid_target", f"this client's tokens are for {names}")
         granted = " ".join(sorted(asked))
         claims = self.claims(
             sub=f"service-account-{client_id}",
             client_id=client_id,
-            aud=client.audience,
+            aud=client.audience if resource is None else resource,
             scope=granted,
         )
         if client.bound_to is not None:

@@ -1,15 +1,18 @@
-"""The development issuer on HTTP: metadata, JWKS and a token endpoint, on loopback only.
+"""The development issuer on HTTP: metadata, JWKS and a token endpoint, on loopback unless told.
 
 Every log line it writes says it is not for production, and so does every token it mints
 (:data:`~worker.devissuer.issuer.LABEL_CLAIM`). Its keys are generated when it is made and live
-only in memory. It binds 127.0.0.1 and nothing else, on a port the system picks unless told.
+only in memory. It binds 127.0.0.1, on a port the system picks unless told; it serves another
+address only over https (``python -m worker.devissuer``, the compose stack's local issuer).
 """
 
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import logging
+import ssl
 import threading
 from collections.abc import Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,6 +33,8 @@ log = logging.getLogger("warden.devissuer")
 
 LOOPBACK = "127.0.0.1"
 MAX_FORM_BYTES = 16_384
+REQUEST_TIMEOUT = 10.0
+"""Seconds a connection may stay silent (a TLS handshake included) before it is dropped."""
 
 
 def _log(level: int, event: str, **fields: Any) -> None:
@@ -50,6 +55,10 @@ class DevIssuer(Issuer):
     tokens' ``iss``, is known at once); :meth:`start` serves it from a thread of its own, so it
     answers whatever the caller's event loop is doing. Use it as a context manager, or
     :meth:`start` and :meth:`stop`.
+
+    ``tls`` serves https with that server context; ``host`` binds another address than
+    127.0.0.1, only with ``tls``; ``origin`` (``https://authz:8443``) is the scheme, host and
+    port its URL names instead of the bound ones, for clients that reach it by another name.
     """
 
     def __init__(
@@ -61,15 +70,30 @@ class DevIssuer(Issuer):
         audience: str = DEFAULT_AUDIENCE,
         token_lifetime: int = DEFAULT_LIFETIME,
         defaults: Mapping[str, Any] | None = None,
+        host: str = LOOPBACK,
+        tls: ssl.SSLContext | None = None,
+        origin: str | None = None,
     ) -> None:
         if path and (not path.startswith("/") or path.endswith("/")):
             raise ValueError("path starts with / and does not end with one, e.g. /realms/demo")
-        self._httpd = ThreadingHTTPServer((LOOPBACK, port), _handler(self))
+        if tls is None and not ipaddress.ip_address(host).is_loopback:
+            raise ValueError(
+                f"the development issuer serves {host}, beyond loopback, only over https"
+            )
+        if origin is not None and (origin.endswith("/") or "://" not in origin):
+            raise ValueError("origin is a scheme, a host and a port, e.g. https://authz:8443")
+        self._httpd = ThreadingHTTPServer((host, port), _handler(self))
         self._httpd.daemon_threads = True
+        if tls is not None:
+            # The handshake happens in the request's thread, on its first read, not in accept().
+            self._httpd.socket = tls.wrap_socket(
+                self._httpd.socket, server_side=True, do_handshake_on_connect=False
+            )
         self.path = path
         self.port: int = self._httpd.server_address[1]
+        scheme = "http" if tls is None else "https"
         super().__init__(
-            f"http://{LOOPBACK}:{self.port}{path}",
+            f"{origin or f'{scheme}://{host}:{self.port}'}{path}",
             keys,
             audience,
             token_lifetime=token_lifetime,
@@ -174,6 +198,7 @@ class DevIssuer(Issuer):
 def _handler(issuer: DevIssuer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "warden-development-issuer"
+        timeout = REQUEST_TIMEOUT
 
         def do_GET(self) -> None:
             issuer._seen(f"GET {self.path}")

@@ -72,9 +72,16 @@ class NoTracing:
 NO_TRACING = NoTracing()
 
 
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is not installed either
+        return False
+
+
 def configured(settings: TracingSettings) -> Tracing:
     """Tracing as the ``OTEL_*`` variables and the installed packages have it (``warden run``)."""
-    if importlib.util.find_spec("opentelemetry.sdk") is None:
+    if not _installed("opentelemetry.sdk"):
         if settings.exporters():
             log.warning("OTEL_* asks for traces, but the otel extra is not installed: no spans")
         return NO_TRACING
