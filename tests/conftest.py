@@ -19,6 +19,7 @@ from tests.support.issuer import Issuer, JwksServer, TestIssuer, jwks_server
 from tests.support.logwatch import LogWatch
 from tests.support.nodes import Node, NodeError
 from tests.support.rabbit import Rabbit
+from tests.support.stamping import broker_stamps
 from worker.amqp.connection import probe
 from worker.auth.revocation import RevocationList
 from worker.ops.tracing import NO_TRACING, Tracing
@@ -60,6 +61,30 @@ def broker_url() -> Iterator[str]:
     yield url
     if container is not None:
         container.stop()
+
+
+@pytest.fixture(scope="session")
+def broker_stamping(broker_url: str) -> tuple[bool, str]:
+    """Whether the session's broker stamps every message it receives, overwriting a forged stamp
+    (RabbitMQ's message interceptor, ``overwrite = true``: what a queueing allowance needs); and
+    its version."""
+    return asyncio.run(broker_stamps(broker_url))
+
+
+@pytest.fixture(scope="session")
+def witnessing_broker(broker_url: str, broker_stamping: tuple[bool, str]) -> str:
+    """The session's broker where it stamps arrivals; skipped on one that does not (the suite's
+    3.10 run), but in CI a RabbitMQ 4 without the interceptor fails: the arrival tests must run
+    against the 4.0 broker ``.ci/run`` starts with it."""
+    stamps, version = broker_stamping
+    if not stamps:
+        if IN_CI and not version.startswith("3."):
+            pytest.fail(
+                f"RabbitMQ {version} does not stamp arrivals: CI runs it with "
+                "message_interceptors.incoming.set_header_timestamp.overwrite = true"
+            )
+        pytest.skip(f"RabbitMQ {version} does not stamp arrivals (needs 3.12+ and the interceptor)")
+    return broker_url
 
 
 @pytest.fixture

@@ -23,6 +23,16 @@ HEADER_ATTEMPT = "x-warden-attempt"
 HEADER_PUBLISHER_USER = "x-warden-publisher-user"
 """On warden's retry or wait copy: the ``user_id`` of the original, which the copy replaces
 with warden's own."""
+HEADER_RECEIVED_AT = "x-warden-received-at"
+"""On warden's retry or wait copy, and on a job replayed with its own token: when the broker
+first received the job (milliseconds since the epoch), as the broker's stamp said then."""
+HEADER_REPLAYED_BY = "x-warden-replayed-by"
+"""On a job replayed with another token than its own: the broker user who replayed it."""
+HEADER_SEALED_TOKEN = "x-warden-sealed-token"
+"""On a dead letter of a job refused only for time: its token, sealed (``WARDEN_SEAL_KEY``)."""
+HEADER_BROKER_TIMESTAMP = "timestamp_in_ms"
+"""Set by RabbitMQ 3.12 and later on every message it receives, when its message interceptor
+``set_header_timestamp`` is configured (with ``overwrite = true``, replacing a publisher's)."""
 HEADER_X_DEATH = "x-death"
 HEADER_MARKER = "x-warden-marker"
 
@@ -44,6 +54,13 @@ DELIVERY_LIMIT_REASON = "delivery_limit"
 
 ACCESS_TOKEN_TYPES = ("at+jwt", "application/at+jwt")
 """``typ`` values of an RFC 9068 access token (section 4), lower case."""
+
+
+def stamp_probe_queue(queue: str, nonce: int) -> str:
+    """Name of the private queue a worker proves the broker's arrival stamp with: named like a
+    retry queue of ``queue`` (so that the worker's permissions cover it), with a leading zero
+    no retry queue's TTL has (:func:`retry_queue`)."""
+    return f"{queue}.retry.0{nonce}ms"
 
 
 def dead_letter_queue(queue: str) -> str:

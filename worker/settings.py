@@ -6,6 +6,8 @@ value stops start-up with one line that names the variable (:func:`load_settings
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 import socket
@@ -50,6 +52,25 @@ def retention_seconds(retention: str) -> int:
     if match is None:
         raise ValueError(f"{retention!r} is not a count and one of Y M D h m s")
     return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+SEAL_KEY_BYTES = 32
+
+
+def seal_key_bytes(key: SecretStr) -> bytes:
+    """A seal key's 256 bits from its base64url text (padding optional); ValueError, without
+    the key, for anything else."""
+    text = key.get_secret_value().strip()
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (ValueError, binascii.Error):
+        raise ValueError("is not base64url") from None
+    if not re.fullmatch(r"[A-Za-z0-9_-]+=*", text) or len(raw) != SEAL_KEY_BYTES:
+        raise ValueError(
+            f"must be {SEAL_KEY_BYTES * 8} bits, base64url-encoded "
+            f"(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return raw
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +254,12 @@ class BrokerSettings(BaseSettings):
     max_token_lifetime_seconds: Annotated[int, Field(ge=1)] = 43_200
     """Tokens that live longer (``exp - iat``) are denied; a revocation lasts this long."""
     leeway_seconds: Annotated[int, Field(ge=0, le=3600)] = 30
+    queued_for_seconds: Annotated[int, Field(ge=0)] = 0
+    """How long a job may wait and still run on a token that expired meanwhile, for actions
+    that name no ``queued_for`` of their own (``docs/checks.md``)."""
+    seal_key: SecretStr | None = None
+    """256 bits, base64url: seals the token of a job refused only for time into its dead
+    letter, so that a replay runs it as its publisher (``docs/dead-letters.md``)."""
     queues: Annotated[tuple[str, ...], NoDecode] = ("jobs",)
 
     @field_validator("queues", "trusted_users", mode="before")
@@ -240,16 +267,34 @@ class BrokerSettings(BaseSettings):
     def _queue_list(cls, value: object) -> object:
         return _split(value)
 
+    @field_validator("seal_key")
+    @classmethod
+    def _seal_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            seal_key_bytes(value)
+        return value
+
     @model_validator(mode="after")
     def _revocations_hold(self) -> Self:
-        needed = self.revocation_lifetime()
+        self.check_retention(self.queued_for_seconds, "WARDEN_QUEUED_FOR_SECONDS")
+        return self
+
+    def check_retention(self, allowance: float, named: str) -> None:
+        """Raise ValueError unless the revocation stream keeps an event for as long as a token
+        it names can be accepted: its longest lifetime, the leeway and ``allowance`` (the
+        largest queueing allowance, which ``named`` sets)."""
+        needed = self.revocation_lifetime() + allowance
         if retention_seconds(self.revocation_retention) < needed:
+            plus = f" plus {named}" if allowance else ""
             raise ValueError(
                 f"WARDEN_REVOCATION_RETENTION ({self.revocation_retention}) is shorter than "
-                f"WARDEN_MAX_TOKEN_LIFETIME_SECONDS plus WARDEN_LEEWAY_SECONDS ({needed}s): "
-                "a revocation could leave the stream while its token still works"
+                f"WARDEN_MAX_TOKEN_LIFETIME_SECONDS plus WARDEN_LEEWAY_SECONDS{plus} "
+                f"({needed:.0f}s): a revocation could leave the stream while its token still works"
             )
-        return self
+
+    def seal_key_bytes(self) -> bytes | None:
+        """``WARDEN_SEAL_KEY`` decoded, or None where it is not set."""
+        return None if self.seal_key is None else seal_key_bytes(self.seal_key)
 
     def revocation_lifetime(self) -> int:
         """How long a revocation must hold to outlast every token it can name: the longest token

@@ -9,6 +9,13 @@
 # The node listens on 127.0.0.1 only, on ports of its own (AMQP 5682, distribution 25682, epmd
 # 4382), so it runs beside a RabbitMQ on the usual ports. Every start begins with an empty
 # database: no queue, vhost or user survives from an earlier run.
+#
+# The node stamps every message it receives with its arrival time (the message interceptor
+# message_interceptors.incoming.set_header_timestamp.overwrite = true), as warden's queueing
+# allowance requires. WARDEN_RABBITMQ4_NODE=keep selects a second node in the same root, on AMQP
+# 5683 (distribution 25683, epmd 4383), configured with overwrite = false: a broker that keeps a
+# publisher's stamp, which a worker with an allowance must refuse. Each node starts and stops on
+# its own.
 set -Eeuo pipefail
 
 root="${WARDEN_RABBITMQ4_ROOT:-/var/cache/warden/rabbitmq4-trixie}"
@@ -16,10 +23,25 @@ mirror="${WARDEN_RABBITMQ4_MIRROR:-http://deb.debian.org/debian}"
 suite=trixie
 stamp=.warden-rabbitmq4-built
 
-amqp_port=5682
-dist_port=25682
-epmd_port=4382
-node=warden4@localhost
+case "${WARDEN_RABBITMQ4_NODE:-}" in
+  "")
+    amqp_port=5682
+    node=warden4@localhost
+    overwrite=true
+    ;;
+  keep)
+    amqp_port=5683
+    node=warden4keep@localhost
+    overwrite=false
+    ;;
+  *)
+    echo "rabbitmq4.sh: WARDEN_RABBITMQ4_NODE is empty or 'keep', not '$WARDEN_RABBITMQ4_NODE'" >&2
+    exit 2
+    ;;
+esac
+dist_port=$((amqp_port + 20000))
+epmd_port=$((amqp_port - 1300))
+config="/etc/rabbitmq/${node%@*}.conf"
 url="amqp://guest:guest@127.0.0.1:${amqp_port}/"
 boot_timeout="${WARDEN_RABBITMQ4_BOOT_TIMEOUT:-120}"
 
@@ -44,6 +66,8 @@ node_env=(
   LANG=C.UTF-8
   LC_ALL=C.UTF-8
   RABBITMQ_NODENAME="$node"
+  RABBITMQ_CONFIG_FILE="$config"
+  RABBITMQ_LOG_BASE="/var/log/rabbitmq/${node%@*}"
   RABBITMQ_DIST_PORT="$dist_port"
   RABBITMQ_CTL_DIST_PORT_MIN=$((dist_port + 10100))
   RABBITMQ_CTL_DIST_PORT_MAX=$((dist_port + 10110))
@@ -101,28 +125,34 @@ remove_tree() {
   rm -rf -- "$1"
 }
 
-# Processes whose root directory is the chroot: the node, its epmd and their helpers.
+# Processes whose root directory is the chroot: the nodes, their epmds and their helpers; with
+# "own", only this node's (their environment names its epmd port, which no other node shares).
 chrooted_pids() {
   local dir real
   real="$(readlink -f "$root")"
   for dir in /proc/[0-9]*; do
-    [ "$(readlink "$dir/root" 2>/dev/null)" = "$real" ] && echo "${dir#/proc/}"
+    [ "$(readlink "$dir/root" 2>/dev/null)" = "$real" ] || continue
+    if [ "${1:-}" = own ] &&
+      ! tr '\0' '\n' <"$dir/environ" 2>/dev/null | grep -qx "ERL_EPMD_PORT=$epmd_port"; then
+      continue
+    fi
+    echo "${dir#/proc/}"
   done
   return 0
 }
 
 node_running() {
   local pid
-  for pid in $(chrooted_pids); do
+  for pid in $(chrooted_pids own); do
     [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = beam.smp ] && return 0
   done
   return 1
 }
 
-# TERM, then KILL after 5 s, whatever still runs in the chroot.
+# TERM, then KILL after 5 s, whatever of this node still runs in the chroot.
 end_chrooted() {
   local pids tries=0
-  pids="$(chrooted_pids)"
+  pids="$(chrooted_pids own)"
   while [ -n "$pids" ]; do
     # shellcheck disable=SC2086 # one id per word
     case "$tries" in
@@ -132,7 +162,7 @@ end_chrooted() {
     esac
     sleep 0.1
     tries=$((tries + 1))
-    pids="$(chrooted_pids)"
+    pids="$(chrooted_pids own)"
   done
 }
 
@@ -169,16 +199,11 @@ build() {
 }
 
 write_config() {
-  # WARDEN_RABBITMQ4_STAMP_ARRIVALS=1 turns on the message interceptor that stamps every message
-  # the broker receives with timestamp_in_ms (and the timestamp property), replacing whatever a
-  # publisher set. Off by default: the suite runs against the broker as most users run it.
-  local stamp=""
-  if [[ "${WARDEN_RABBITMQ4_STAMP_ARRIVALS:-0}" == 1 ]]; then
-    stamp="message_interceptors.incoming.set_header_timestamp.overwrite = true"
-  fi
-  cat >"$root/etc/rabbitmq/rabbitmq.conf" <<EOF
+  # The message interceptor stamps every message the broker receives with timestamp_in_ms (and
+  # the timestamp property); with overwrite = true it replaces whatever a publisher set.
+  cat >"$root$config" <<EOF
 listeners.tcp.1 = 127.0.0.1:${amqp_port}
-${stamp}
+message_interceptors.incoming.set_header_timestamp.overwrite = ${overwrite}
 deprecated_features.permit.transient_nonexcl_queues = false
 deprecated_features.permit.global_qos = false
 log.console = false
@@ -204,21 +229,23 @@ start() {
   done
   mountpoint -q "$root/proc" || mount -t proc proc "$root/proc"
   write_config
-  rm -rf "$root/var/lib/rabbitmq/mnesia" "$root/var/log/rabbitmq"
-  mkdir -p "$root/var/lib/rabbitmq/mnesia" "$root/var/log/rabbitmq"
+  local logs="/var/log/rabbitmq/${node%@*}"
+  local mnesia="$root/var/lib/rabbitmq/mnesia"
+  rm -rf "$mnesia/$node" "$mnesia/$node"-* "$mnesia/$node.pid" "$root$logs"
+  mkdir -p "$root/var/lib/rabbitmq/mnesia" "$root$logs"
   chroot "$root" chown -R rabbitmq:rabbitmq /var/lib/rabbitmq /var/log/rabbitmq
 
-  local console="$root/var/log/rabbitmq/console.log" ids pid waited=0
+  local console="$root$logs/console.log" ids pid waited=0
   ids="$(rabbitmq_ids)"
   setsid "${node_env[@]}" chroot --userspec="$ids" --groups="${ids#*:}" "$root" \
     rabbitmq-server >"$console" 2>&1 </dev/null &
   pid=$!
   until answers_amqp; do
     if ! kill -0 "$pid" 2>/dev/null; then
-      die "RabbitMQ 4.0 exited while booting: $(grep -v '^\s*$' "$console" | tail -n 1 || true) (logs: $root/var/log/rabbitmq)"
+      die "RabbitMQ 4.0 exited while booting: $(grep -v '^\s*$' "$console" | tail -n 1 || true) (logs: $root$logs)"
     fi
     if [ "$waited" -ge $((boot_timeout * 2)) ]; then
-      die "RabbitMQ 4.0 did not answer AMQP on 127.0.0.1:$amqp_port within ${boot_timeout}s (logs: $root/var/log/rabbitmq)"
+      die "RabbitMQ 4.0 did not answer AMQP on 127.0.0.1:$amqp_port within ${boot_timeout}s (logs: $root$logs)"
     fi
     sleep 0.5
     waited=$((waited + 1))
@@ -241,11 +268,11 @@ stop() {
   if node_running; then
     # shutdown returns once the node's OS process has exited; a node that does not answer
     # it is ended below like any other process left in the chroot.
-    as_rabbitmq rabbitmqctl -q shutdown >/dev/null 2>&1 ||
+    as_rabbitmq rabbitmqctl -n "$node" -q shutdown >/dev/null 2>&1 ||
       echo "rabbitmq4.sh stop: $node did not shut down cleanly; ending its processes" >&2
   fi
   end_chrooted
-  if mountpoint -q "$root/proc"; then
+  if mountpoint -q "$root/proc" && [ -z "$(chrooted_pids)" ]; then
     umount "$root/proc" || die "could not unmount $root/proc"
   fi
 }

@@ -58,7 +58,13 @@ def make_gate(
     elif "issuers" not in settings:
         values["issuers"] = [{"issuer": issuer.url} for issuer in trusted]
     values.update(settings)
-    return Gate(build_trust(Settings(**values)), keys or MemoryKeys(*trusted), registry)
+    built = Settings(**values)
+    return Gate(
+        build_trust(built),
+        keys or MemoryKeys(*trusted),
+        registry,
+        queued_for=built.queued_for_seconds,
+    )
 
 
 def job_body(action: str = "reports.generate", payload: Any = None) -> bytes:

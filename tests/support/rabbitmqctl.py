@@ -15,7 +15,7 @@ import shlex
 import shutil
 import uuid
 from collections.abc import AsyncIterator
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import pytest
 
@@ -100,3 +100,14 @@ def as_user(url: str, user: str, password: str) -> str:
     if parts.port:
         netloc += f":{parts.port}"
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+@contextlib.asynccontextmanager
+async def writing_user(broker_url: str, write: str) -> AsyncIterator[tuple[str, str]]:
+    """A broker user of the test's own that may write to the exchanges ``write`` matches and do
+    nothing else: its name, and a URL that connects as it."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    vhost = unquote(urlsplit(broker_url).path[1:]) or "/"
+    async with broker_users(name) as passwords:
+        await rabbitmqctl("set_permissions", "-p", vhost, name, "^$", write, "^$")
+        yield name, as_user(broker_url, name, passwords[name])

@@ -200,7 +200,9 @@ def _deliverer(
     return deliver
 
 
-def to_delivery(message: Inbound, queue: str, trusted: frozenset[str]) -> Delivery:
+def to_delivery(
+    message: Inbound, queue: str, trusted: frozenset[str], *, witnessed: bool = False
+) -> Delivery:
     """The transport-free view of an incoming message.
 
     Its attempt and deferral counts are read from warden's headers only when a ``trusted`` user
@@ -208,14 +210,21 @@ def to_delivery(message: Inbound, queue: str, trusted: frozenset[str]) -> Delive
     anyone else's copy counts as a first attempt. Who published it is its ``user_id``; on
     warden's own retry or wait copy, the ``x-warden-publisher-user`` the copy carries over from
     the original.
+
+    Its arrival is read only where the broker was proven to stamp every message (``witnessed``,
+    :func:`~worker.amqp.arrival.stamping`): the first arrival a trusted user's copy
+    carries (``x-warden-received-at``), or else the broker's ``timestamp_in_ms``.
     """
     properties = message.properties
     headers = properties.headers or {}
     user = properties.user_id
     own = user in trusted
+    replayed_by = None
     if own:
         carried = headers.get(names.HEADER_PUBLISHER_USER)
         user = carried if type(carried) is str else None
+        by = headers.get(names.HEADER_REPLAYED_BY)
+        replayed_by = by if type(by) is str and by else None
     return Delivery(
         body=message.body,
         headers=headers,
@@ -227,4 +236,24 @@ def to_delivery(message: Inbound, queue: str, trusted: frozenset[str]) -> Delive
         redelivered=message.redelivered,
         publisher_user=user,
         dropped=properties.dropped if type(properties) is Salvaged else (),
+        arrived_at=_arrival(headers, own) if witnessed else None,
+        replayed_by=replayed_by,
     )
+
+
+def broker_stamp(headers: Mapping[str, Any]) -> float | None:
+    """The broker's arrival stamp on a message (``timestamp_in_ms``), in seconds since the
+    epoch, or None. Only a broker proven to overwrite it (:mod:`worker.amqp.arrival`) makes it
+    a witness."""
+    stamp = headers.get(names.HEADER_BROKER_TIMESTAMP)
+    return stamp / 1000 if type(stamp) is int and stamp > 0 else None
+
+
+def _arrival(headers: Mapping[str, Any], own: bool) -> float | None:
+    """When the broker first received a message: the first arrival a trusted user's copy
+    carries, else the broker's stamp on this very message."""
+    if own:
+        carried = headers.get(names.HEADER_RECEIVED_AT)
+        if type(carried) is int and carried > 0:
+            return carried / 1000
+    return broker_stamp(headers)

@@ -154,11 +154,7 @@ class Publishing(Link):
         return cls(connection, channel)
 
     async def close(self) -> None:
-        """Close the connection; one the broker blocks, and so does not read, is left after
-        :data:`CLOSE_SECONDS` (its socket closes with the process)."""
-        with contextlib.suppress(TimeoutError, *TRANSPORT_ERRORS):
-            async with asyncio.timeout(CLOSE_SECONDS):
-                await self.connection.close()
+        await close_bounded(self.connection)
 
     @contextlib.asynccontextmanager
     async def settling(self) -> AsyncIterator[None]:
@@ -174,6 +170,14 @@ class Publishing(Link):
             yield
         finally:
             self.waiting -= 1
+
+
+async def close_bounded(connection: Connection) -> None:
+    """Close a connection that has published; one the broker blocks, and so does not read, is
+    left after :data:`CLOSE_SECONDS` (its socket closes with the process)."""
+    with contextlib.suppress(TimeoutError, *TRANSPORT_ERRORS):
+        async with asyncio.timeout(CLOSE_SECONDS):
+            await connection.close()
 
 
 class CreditKeeper:

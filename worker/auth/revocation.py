@@ -108,10 +108,13 @@ _Key = tuple[Subject, str | None, str]
 class RevocationList:
     """Every entry that can still matter, keyed for O(1) lookups."""
 
-    def __init__(self, max_entries: int | None = None) -> None:
+    def __init__(self, max_entries: int | None = None, *, hold: float = 0.0) -> None:
         self.max_entries = max_entries
         """At most this many entries; an event that would add one more raises
         :class:`~worker.errors.RevocationListFull` (the feed then stops decisions)."""
+        self.hold = hold
+        """Seconds an entry is kept past its ``expires_at``: the largest queueing allowance,
+        for which a token may be accepted after its ``exp``."""
         # (subject, issuer or None, value) -> (issued_before or None for a jti, expires_at)
         self._entries: dict[_Key, tuple[float | None, float]] = {}
         # (expires_at, sequence, key): the sequence number breaks ties between equal expiries,
@@ -124,7 +127,7 @@ class RevocationList:
 
     def add(self, event: Revocation, now: float) -> bool:
         """Record ``event``; False when it has already expired and was ignored."""
-        if event.expires_at <= now:
+        if event.expires_at + self.hold <= now:
             return False
         key: _Key = (event.subject, event.issuer, event.value)
         old = self._entries.get(key)
@@ -133,7 +136,7 @@ class RevocationList:
                 f"{len(self._entries)} revocation entries held, "
                 "the most WARDEN_REVOCATION_MAX_ENTRIES allows"
             )
-        before, expires = event.issued_before, event.expires_at
+        before, expires = event.issued_before, event.expires_at + self.hold
         if old is not None:
             # Entries only ever widen: the later cut-off and the later expiry win.
             if before is not None and old[0] is not None:

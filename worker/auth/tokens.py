@@ -22,6 +22,7 @@ from worker import errors
 from worker.names import ACCESS_TOKEN_TYPES
 from worker.support import strictjson
 from worker.support.cache import BoundedCache
+from worker.support.clock import rfc3339
 
 _SEGMENT = re.compile(rb"^[A-Za-z0-9_-]*$")
 _FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
@@ -428,7 +429,22 @@ def parse(check: TokenCheck, max_bytes: int) -> tuple[dict[str, Any], dict[str, 
     return header, claims, parts[0] + b"." + parts[1], signature
 
 
-def verify(check: TokenCheck, trust: Trust, keys: KeyLookup, now: float) -> Verified:
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """How long a job may have waited: when the broker witnessed its arrival (seconds since the
+    epoch; None where no witness could be believed) and the action's queueing allowance."""
+
+    arrived_at: float | None
+    allowance: float
+
+
+NOT_QUEUED = Queued(None, 0.0)
+"""No allowance: times are judged at the moment of the decision only."""
+
+
+def verify(
+    check: TokenCheck, trust: Trust, keys: KeyLookup, now: float, queued: Queued = NOT_QUEUED
+) -> Verified:
     """Run checks 3 to 12 on ``check.raw``; return the issuer's policy and the claims."""
     header, claims, signing_input, signature = parse(check, trust.max_token_bytes)
     iss = claims.get("iss")
@@ -469,7 +485,7 @@ def verify(check: TokenCheck, trust: Trust, keys: KeyLookup, now: float) -> Veri
         raise errors.SignatureInvalid("the signature does not verify")
     check.verified = True
 
-    check_claims(claims, policy, now, trust.leeway, trust.max_lifetime)
+    check_claims(claims, policy, now, trust.leeway, trust.max_lifetime, queued)
     return Verified(policy, claims)
 
 
@@ -479,12 +495,14 @@ def check_claims(
     now: float,
     leeway: int,
     max_lifetime: float = math.inf,
+    queued: Queued = NOT_QUEUED,
 ) -> None:
-    """Checks 9 to 12 on verified claims."""
+    """Checks 9 to 12 on verified claims; a token expired now passes 9 when ``queued`` says
+    the job arrived while it was valid, within the allowance (:func:`check_queued`)."""
     exp = claims.get("exp")
     if exp is not None:
         if exp + leeway <= now:
-            raise errors.TokenExpired(f"the token expired at {exp}")
+            check_queued(claims, exp, now, leeway, queued)
         # A token that lives longer than a revocation lasts could outlive its revocation. It
         # is measured from iat, or from now where the token has none: what is left of its life.
         iat = claims.get("iat")
@@ -512,6 +530,35 @@ def check_claims(
     missing = [name for name in policy.required_claims if name not in claims]
     if missing:
         raise errors.ClaimsMissing("missing required claims: " + " ".join(missing))
+
+
+def check_queued(
+    claims: Mapping[str, Any], exp: float, now: float, leeway: int, queued: Queued
+) -> None:
+    """Check 9 for a token that expired before ``now``: it passes only if the job arrived (as
+    the broker witnessed) while the token was valid (``exp``, ``nbf`` and ``iat`` judged at the
+    arrival) and no longer ago than the allowance. Otherwise :class:`TokenExpired`, saying
+    which of these failed."""
+    expired = f"the token expired at {exp}"
+    if queued.allowance <= 0:
+        raise errors.TokenExpired(expired)
+    arrived = queued.arrived_at
+    if arrived is None:
+        raise errors.TokenExpired(f"{expired}, and no arrival time witnessed by the broker")
+    waited = now - arrived
+    if waited > queued.allowance:
+        raise errors.TokenExpired(
+            f"{expired}; the job arrived {waited:.0f}s ago, longer than its queueing allowance "
+            f"({queued.allowance:g}s)"
+        )
+    if exp + leeway <= arrived:
+        raise errors.TokenExpired(f"{expired}, before the job arrived at {rfc3339(arrived)}")
+    for name in ("nbf", "iat"):
+        value = claims.get(name)
+        if value is not None and value - leeway > arrived:
+            raise errors.TokenExpired(
+                f"{expired}, and its {name} {value} is after the job arrived at {rfc3339(arrived)}"
+            )
 
 
 def is_scope_token(value: object) -> bool:

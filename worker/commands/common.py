@@ -130,6 +130,31 @@ def with_token(command: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
+_TOKEN_OPTIONS = (
+    "token",
+    "token_file",
+    "token_url",
+    "cc_client_id",
+    "client_secret",
+    "scope",
+    "resource",
+)
+
+
+def with_optional_token(command: Callable[..., T]) -> Callable[..., T]:
+    """Resolve the token options into one ``token`` argument, None where none was given."""
+
+    @functools.wraps(command)
+    def wrapper(**options: Any) -> T:
+        if options.get("token") or options.get("token_file") or options.get("token_url"):
+            return command(token=obtain_token(options), **options)
+        for name in _TOKEN_OPTIONS:
+            options.pop(name, None)
+        return command(token=None, **options)
+
+    return wrapper
+
+
 def with_token_source(command: Callable[..., T]) -> Callable[..., T]:
     """Resolve the token options into one ``token`` argument: a token source, asked for each
     job, so that a long run renews its token before it expires."""

@@ -12,9 +12,16 @@ from rich.progress import Progress
 from rich.table import Table
 
 from worker import names
-from worker.commands.common import fail, run_or_exit, settings_or_exit, token_options, with_token
+from worker.commands.common import (
+    fail,
+    run_or_exit,
+    settings_or_exit,
+    token_options,
+    with_optional_token,
+)
 from worker.deadletters import admin
 from worker.deadletters.read import UNTRUSTED, Letter
+from worker.deadletters.seal import Seal
 from worker.settings import BrokerSettings
 
 # Piped into a file or a pager, a table is not squeezed to 80 columns.
@@ -139,11 +146,17 @@ def show(queue: str, message_id: str) -> None:
 @click.option("--reason", help="Only dead letters of this reason.")
 @click.option("--all", "everything", is_flag=True, help="Every dead letter of QUEUE.")
 @token_options
-@with_token
+@with_optional_token
 def replay(
-    queue: str, message_id: str | None, reason: str | None, everything: bool, token: str
+    queue: str, message_id: str | None, reason: str | None, everything: bool, token: str | None
 ) -> None:
-    """Send dead letters back to QUEUE, with a fresh token.
+    """Send dead letters back to QUEUE: each with its own token, or with the one given.
+
+    Without a token option, a job refused only for time goes back with its own token, which its
+    dead letter carries sealed (WARDEN_SEAL_KEY), and its first arrival: it runs as its
+    publisher if its queueing allowance covers it now. With --token, --token-file or client
+    credentials, every selected job goes back with that token instead, and is marked as
+    replayed by this tool's broker user.
 
     Only letters warden wrote move (untrusted ones, see ``dlq list``, never do). Each one moves
     in a transaction (republished and removed together), so a replay that is stopped loses
@@ -152,6 +165,13 @@ def replay(
     if not (message_id or reason or everything):
         raise click.UsageError("say what to replay: --message-id, --reason or --all")
     settings = settings_or_exit(BrokerSettings)
+    key = settings.seal_key_bytes()
+    if token is None and key is None:
+        raise click.UsageError(
+            "a token is needed: WARDEN_SEAL_KEY is not set, so no dead letter's own token can be "
+            "opened; give --token, --token-file, WARDEN_TOKEN, or --token-url with client "
+            "credentials"
+        )
     with Progress(console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("replaying", total=None)
 
@@ -165,11 +185,20 @@ def replay(
                 queue,
                 _by(reason, message_id),
                 token,
+                seal=None if key is None else Seal(key),
                 on_moved=moved,
             ),
             "replay",
         )
-    click.echo(f"replayed {len(report.moved)}, left {report.skipped} in {queue}.dlq")
+    left = report.skipped + len(report.unsealed)
+    click.echo(f"replayed {len(report.moved)}, left {left} in {queue}.dlq")
+    if report.unsealed:
+        fail(
+            f"{len(report.unsealed)} carry no token of their own that WARDEN_SEAL_KEY opens "
+            "(only jobs refused token_expired or token_not_yet_valid do): a token is needed to "
+            "replay them (--token, --token-file or client credentials)",
+            code=1,
+        )
     if report.returned:
         fail(f"{len(report.returned)} could not be routed and stay dead letters", code=1)
 

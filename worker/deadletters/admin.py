@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 from worker import names
 from worker.amqp.queues import Held, connected
-from worker.deadletters.read import Letter, replay_headers
+from worker.deadletters.read import Letter, arrival_ms, replay_headers
+from worker.deadletters.seal import Seal
 
 Select = Callable[[Letter], bool]
 
@@ -73,19 +74,29 @@ class Moved:
     skipped: int = 0
     returned: list[str | None] = field(default_factory=list)
     """Replayed jobs the broker could not route; they were put back as dead letters."""
+    unsealed: list[str | None] = field(default_factory=list)
+    """Selected letters left where they were: replayed without a token, they carry none that
+    the seal key opens."""
 
 
 async def replay(
     reader: Reader,
     queue: str,
     select: Select,
-    token: str,
+    token: str | None,
     *,
+    seal: Seal | None = None,
     on_moved: Callable[[Letter], None] | None = None,
 ) -> Moved:
-    """Send the selected dead letters back to ``queue`` through ``warden.jobs``, with
-    ``token``. Only warden's own letters move, and only to the work queue whose dead-letter
-    queue holds them, whatever a letter says of itself."""
+    """Send the selected dead letters back to ``queue`` through ``warden.jobs``. Only warden's
+    own letters move, and only to the work queue whose dead-letter queue holds them, whatever a
+    letter says of itself.
+
+    Without ``token``, each job goes back with its own token, opened with ``seal`` (a letter
+    of a job refused only for time carries it sealed), and its first arrival: it runs as its
+    publisher if the queueing allowance covers it now. A letter without such a token stays. With
+    ``token``, every job goes back with it, arrives anew, and says who replayed it.
+    """
     report = Moved()
     async with connected(reader.url, "warden dlq", reader.user) as queues:
         await queues.require(queue)
@@ -95,11 +106,22 @@ async def replay(
                 if not letter.trusted or not select(letter):
                     report.skipped += 1
                     continue
+                if token is not None:
+                    headers = replay_headers(message.headers, token, replayed_by=reader.user)
+                else:
+                    sealed = message.headers.get(names.HEADER_SEALED_TOKEN)
+                    own = seal.open(sealed, message.message_id or "") if seal else None
+                    if own is None:
+                        report.unsealed.append(letter.message_id)
+                        continue
+                    headers = replay_headers(
+                        message.headers, own, received_at=arrival_ms(letter.received_at)
+                    )
                 back = names.dead_letter_routing_key(letter.reason or "unknown", queue)
                 await moving.move(
                     message,
                     (names.JOBS_EXCHANGE, queue),
-                    replay_headers(message.headers, token),
+                    headers,
                     back=(names.DEAD_LETTER_EXCHANGE, back),
                 )
                 report.moved.append(letter.message_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from worker import names
@@ -26,6 +27,10 @@ _NOT_REPLAYED = frozenset(
         names.HEADER_DELIVERY_COUNT,
         *names.BROKER_DEATH_HEADERS,
         names.HEADER_PROOF,
+        names.HEADER_SEALED_TOKEN,
+        names.HEADER_RECEIVED_AT,
+        names.HEADER_REPLAYED_BY,
+        names.HEADER_BROKER_TIMESTAMP,
     }
 )
 
@@ -72,6 +77,8 @@ class Letter:
     unverified: Mapping[str, str] | None
     """``client_id`` and ``sub`` as a token that did not verify claimed them: anyone's say."""
     denied_at: str | None
+    received_at: str | None
+    """When the broker first received the job (the denial record's ``received_at``)."""
     detail: str | None
     denial: Mapping[str, Any] | None
     body: bytes
@@ -103,6 +110,7 @@ class Letter:
                 sub=None,
                 unverified=None,
                 denied_at=None,
+                received_at=None,
                 detail=f"not written by a trusted user (user_id {user_id!r}): not warden's verdict",
                 denial=None,
                 body=body,
@@ -131,6 +139,7 @@ class Letter:
             sub=said.get("sub") if verified else None,
             unverified=said if said and not verified else None,
             denied_at=None if when is None else str(when),
+            received_at=_text((denial or {}).get("received_at")),
             detail=_text(detail),
             denial=denial,
             body=body,
@@ -157,16 +166,44 @@ class Letter:
             sub=self.sub,
             unverified=None if self.unverified is None else dict(self.unverified),
             denied_at=self.denied_at,
+            received_at=self.received_at,
             detail=self.detail,
         )
         return out
 
 
-def replay_headers(headers: Mapping[str, Any], token: str) -> dict[str, Any]:
-    """The headers of a replayed job: the original ones, a fresh credential, no old verdict."""
+def replay_headers(
+    headers: Mapping[str, Any],
+    token: str,
+    *,
+    received_at: int | None = None,
+    replayed_by: str | None = None,
+) -> dict[str, Any]:
+    """The headers of a replayed job: the original ones, a credential, no old verdict.
+
+    With its own token, the job keeps its first arrival (``received_at``, milliseconds since the
+    epoch, from the denial record); with another one, it arrives anew, and says who replayed it
+    (``replayed_by``, the user the tool connects as, which the broker checks)."""
     kept = {k: v for k, v in headers.items() if k.lower() not in _NOT_REPLAYED}
     kept[names.HEADER_AUTHORIZATION] = f"Bearer {token}"
+    if received_at is not None:
+        kept[names.HEADER_RECEIVED_AT] = received_at
+    if replayed_by is not None:
+        kept[names.HEADER_REPLAYED_BY] = replayed_by
     return kept
+
+
+def arrival_ms(received_at: str | None) -> int | None:
+    """A denial record's ``received_at`` in milliseconds since the epoch, or None."""
+    if received_at is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(received_at)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return None
+    return round(moment.timestamp() * 1000)
 
 
 def _text(value: object) -> str | None:

@@ -5,7 +5,7 @@ both encoded for the wire.
 A refusal tends to repeat: a publisher that holds a token keeps sending jobs the token does not
 allow, to the same queue. Everything in ``x-warden-reason`` and ``x-warden-denial`` but the moment
 of the refusal is then the same from one dead letter to the next, so it is encoded once and kept;
-only ``denied_at`` is encoded per message.
+only ``denied_at`` and ``received_at`` are encoded per message.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from worker.support.clock import rfc3339
 log = logging.getLogger("warden.consumer")
 
 _DENIED_AT = table_key("denied_at")
+_RECEIVED_AT = table_key("received_at")
 
 
 MAX_LISTED = 16
@@ -66,6 +67,7 @@ def denial_record(
         "routing_key": routing_key,
         "action": denied.action,
         "denied_at": rfc3339(now),
+        "received_at": None if delivery.arrived_at is None else rfc3339(delivery.arrived_at),
         "worker": worker,
         "attempts": delivery.attempt,
         "token": None if denied.token is None else denied.token.summary(),
@@ -111,6 +113,10 @@ _NEVER_KEPT = frozenset(
         names.HEADER_REASON,
         names.HEADER_DENIAL,
         names.HEADER_PUBLISHER_USER,
+        names.HEADER_RECEIVED_AT,
+        names.HEADER_REPLAYED_BY,
+        names.HEADER_SEALED_TOKEN,
+        names.HEADER_BROKER_TIMESTAMP,
     }
 )
 
@@ -118,8 +124,11 @@ _NEVER_KEPT = frozenset(
 def kept_headers(headers: Mapping[str, Any], token: str | None) -> dict[str, Any]:
     """The original headers a dead letter keeps: all but ``authorization``, any header that
     repeats the token anywhere in its value (in a string or bytes, at any depth of tables and
-    arrays), ``x-warden-reason`` and ``x-warden-denial`` (any case), which only warden writes,
-    and ``x-warden-publisher-user``, which the record holds as ``publisher_user``.
+    arrays), ``x-warden-reason``, ``x-warden-denial`` and ``x-warden-sealed-token`` (any case),
+    which only warden writes, ``x-warden-publisher-user``, which the record holds as
+    ``publisher_user``, and the arrival (``timestamp_in_ms``, ``x-warden-received-at``, which the
+    record holds as ``received_at``; the broker stamps the dead letter anew) with
+    ``x-warden-replayed-by``, both of which are believed only on a trusted user's message.
 
     The token is ``token`` where the decision read one, and in any case what the
     ``authorization`` header carries: a job refused before its token was parsed (its body is
@@ -252,13 +261,16 @@ class DenialHeaders:
             if not lost:
                 self._fixed.put(key, fixed)
         head, entries = fixed
+        arrived = delivery.arrived_at
         entries += _DENIED_AT + table_value(rfc3339(now))
+        entries += _RECEIVED_AT + table_value(None if arrived is None else rfc3339(arrived))
         return head + TABLE_LENGTH.pack(len(entries)) + entries
 
     @staticmethod
     def _encode_fixed(record: dict[str, Any], delivery: Delivery) -> tuple[bytes, bytes]:
-        """``x-warden-reason``, and the denial table's entries but ``denied_at``."""
-        del record["denied_at"]
+        """``x-warden-reason``, and the denial table's entries but ``denied_at`` and
+        ``received_at``."""
+        del record["denied_at"], record["received_at"]
         try:
             entries = table_entries(record)
         except TableNotEncodable as exc:

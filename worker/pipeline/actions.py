@@ -19,6 +19,7 @@ import re
 import typing
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from types import MappingProxyType
 from typing import Any, Final, Generic, TypeVar, cast
 
@@ -63,6 +64,10 @@ class Job(Generic[P]):
     principal: Principal
     attempt: int = 1
     redelivered: bool = False
+    replayed_by: str | None = None
+    """Who replayed this job from a dead letter with a token of their own (``warden dlq replay
+    --token``): the job then runs as them (``principal``), no longer as its publisher. None for
+    a job as its publisher sent it, or replayed with its own sealed token."""
 
 
 Handler = Callable[..., Awaitable[None]] | Callable[..., None]
@@ -92,6 +97,13 @@ class ActionSpec:
     """The pydantic model the payload must fit, or None to hand the JSON object as it is."""
     model_argument: bool = False
     """The model instance is passed as ``payload=``; otherwise it is ``job.payload``."""
+    queued_for: timedelta | None = None
+    """How long a job may wait in its queue and still run on a token that expired meanwhile
+    (``docs/checks.md``); None for ``WARDEN_QUEUED_FOR_SECONDS``."""
+
+    def allowance(self, default: float) -> float:
+        """The queueing allowance in seconds: the action's own, else ``default``."""
+        return default if self.queued_for is None else self.queued_for.total_seconds()
 
     def allows_actor(
         self, actor: str, issuer: str | None = None, token_issuer: str | None = None
@@ -160,6 +172,7 @@ def action(
     scopes: Iterable[str],
     introspect: bool = False,
     actors: Iterable[str] | Mapping[str, Iterable[str]] | AnyActor = (),
+    queued_for: timedelta | None = None,
 ) -> Callable[[H], H]:
     """Register ``handler`` as the action ``name``, runnable by tokens holding every scope.
 
@@ -178,6 +191,11 @@ def action(
     (RFC 8693 section 4.1), so ``actors={"agent-x"}`` denies a token acted on by ``agent-y``
     even when ``agent-x`` appears further down its chain. A token without ``act`` is the subject
     acting for itself and is not concerned.
+
+    ``queued_for`` is how long a job may have waited in its queue and still run on a token that
+    expired meanwhile, as long as the token was valid when the broker received the job
+    (``docs/checks.md``); it replaces ``WARDEN_QUEUED_FOR_SECONDS`` for this action, and
+    ``timedelta(0)`` opts it out.
     """
     if not isinstance(name, str) or not ACTION_NAME.fullmatch(name):
         raise ConfigurationError(f"action name {name!r} does not match {ACTION_NAME.pattern}")
@@ -193,6 +211,12 @@ def action(
             "ASCII but space, quote and backslash): no token could ever grant them"
         )
     policy = _actors(name, actors)
+    if queued_for is not None and (
+        not isinstance(queued_for, timedelta) or queued_for < timedelta(0)
+    ):
+        raise ConfigurationError(
+            f"action {name!r}: queued_for must be a timedelta of zero or more, not {queued_for!r}"
+        )
 
     def register(handler: H) -> H:
         if not inspect.isfunction(handler):
@@ -208,6 +232,7 @@ def action(
             blocking=not _is_coroutine_function(handler),
             model=model,
             model_argument=model_argument,
+            queued_for=queued_for,
         )
         _declared.setdefault(spec.module, []).append(spec)
         return cast(H, handler)
@@ -355,6 +380,11 @@ class Registry:
     def introspected(self) -> list[str]:
         """Names of the actions registered with ``introspect=True``."""
         return sorted(name for name, spec in self._by_name.items() if spec.introspect)
+
+    def largest_allowance(self, default: float) -> float:
+        """The longest queueing allowance of any action, in seconds (``default`` where an
+        action names none of its own)."""
+        return max((spec.allowance(default) for spec in self._by_name.values()), default=0.0)
 
     def names(self) -> list[str]:
         """Registered action names, sorted."""

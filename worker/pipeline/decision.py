@@ -25,7 +25,9 @@ from worker.auth.introspection import Introspector, is_opaque
 from worker.auth.principal import Principal, principal
 from worker.auth.proof import check_proof
 from worker.auth.tokens import (
+    NOT_QUEUED,
     KeyLookup,
+    Queued,
     TokenCheck,
     Trust,
     Verified,
@@ -187,8 +189,11 @@ class Gate:
         revocations: RevocationCheck | None = None,
         introspector: Introspector | None = None,
         cache: VerifiedTokens | None = None,
+        queued_for: float = 0.0,
     ) -> None:
         self.trust = trust
+        self.queued_for = queued_for
+        """The queueing allowance (seconds) of actions that name none of their own."""
         self.keys = keys
         self.registry = registry
         self.clock = clock
@@ -215,6 +220,7 @@ class Gate:
             request = read_job(delivery)
             action = request.action
             check = TokenCheck(bearer_token(delivery.headers))
+            spec = self.registry.get(request.action)
             introspector = self.introspector
             opaque = introspector is not None and is_opaque(check.raw)
             if introspector is not None and opaque:
@@ -223,12 +229,13 @@ class Gate:
                 check.policy = verified.policy
                 who = principal(verified.claims, verified.policy)
             else:
-                verified, who = await self._verify(check)
+                allowance = self.queued_for if spec is None else spec.allowance(self.queued_for)
+                queued = Queued(delivery.arrived_at, allowance) if allowance else NOT_QUEUED
+                verified, who = await self._verify(check, queued)
             if self.revocations is not None:
                 self.revocations.check(
                     verified.policy.identity(verified.claims), verified.policy.issuer
                 )
-            spec = self.registry.get(request.action)
             if spec is None:
                 raise errors.ActionUnknown(f"no action {request.action!r} is registered")
             if spec.introspect and introspector is not None and not opaque:
@@ -266,14 +273,16 @@ class Gate:
             principal=who,
             attempt=delivery.attempt,
             redelivered=delivery.redelivered,
+            replayed_by=delivery.replayed_by,
         )
         return Allowed(job, spec, check, payload)
 
-    async def _verify(self, check: TokenCheck) -> tuple[Verified, Principal]:
-        """Checks 3 to 12, from the cache of verified tokens when it knows the token."""
+    async def _verify(self, check: TokenCheck, queued: Queued) -> tuple[Verified, Principal]:
+        """Checks 3 to 12, from the cache of verified tokens when it knows the token (until
+        it expires: an expired token is judged by ``queued`` afresh every time)."""
         cache = self.cache
         if cache is None:
-            verified = await self._verify_fully(check)
+            verified = await self._verify_fully(check, queued)
             return verified, principal(verified.claims, verified.policy)
         digest = check.digest()
         now = self.clock()
@@ -285,7 +294,7 @@ class Gate:
                 check.verified, check.policy = True, entry.verified.policy
                 return entry.verified, entry.principal
             cache.pop(digest)  # the key that verified it was withdrawn: check it afresh
-        verified = await self._verify_fully(check)
+        verified = await self._verify_fully(check, queued)
         exp = verified.claims.get("exp")
         until = exp + self.trust.leeway if is_numeric_date(exp) else now + NO_EXP_CACHE_SECONDS
         header = check.header or {}
@@ -294,16 +303,16 @@ class Gate:
         cache.remember(digest, Entry(verified, who, header, key, until))
         return verified, who
 
-    async def _verify_fully(self, check: TokenCheck) -> Verified:
+    async def _verify_fully(self, check: TokenCheck, queued: Queued) -> Verified:
         try:
-            return verify(check, self.trust, self.keys, self.clock())
+            return verify(check, self.trust, self.keys, self.clock(), queued)
         except errors.KeyUnknown:
             policy, kid = check.policy, (check.header or {}).get("kid")
             if policy is None or kid is None:
                 raise
             await self.keys.refetch(policy.issuer)
             if self.keys.key(policy.issuer, kid) is not None:
-                return verify(check, self.trust, self.keys, self.clock())
+                return verify(check, self.trust, self.keys, self.clock(), queued)
             if not self.keys.loaded(policy.issuer):
                 raise errors.KeysUnavailable(
                     f"no key of {policy.issuer} could be fetched"

@@ -29,6 +29,12 @@ class Delivery:
     """The broker user that published it, as far as the broker vouches for it."""
     dropped: tuple[str, ...] = ()
     """Properties and headers (``headers.<name>``) that could not be decoded, left out."""
+    arrived_at: float | None = None
+    """When the broker first received the job (seconds since the epoch), as far as a witness
+    warden believes says so: the broker's own stamp, or the first arrival warden carried over on
+    its retry and wait copies. None where there is no such witness."""
+    replayed_by: str | None = None
+    """Who replayed the job with a token of their own, as warden's replay tool marked it."""
 
 
 # --- the publisher's side: a job as docs/jobs.md has it -----------------------------------------

@@ -14,6 +14,7 @@ from worker.amqp.inbound import Inbound, to_delivery
 from worker.amqp.links import Publishing
 from worker.amqp.outbound import Acker, copy_properties, requeue, send_copy, send_salvaged
 from worker.amqp.topology import retry_tier
+from worker.deadletters.seal import Seal, sealed_for
 from worker.deadletters.write import (
     DenialHeaders,
     delivery_limit_denial,
@@ -44,10 +45,17 @@ def _action_outcome(outcome: Outcome) -> str:
 
 
 _WRITTEN_AFRESH = frozenset(
-    {names.HEADER_ATTEMPT, names.HEADER_DEFERRALS, names.HEADER_PUBLISHER_USER}
+    {
+        names.HEADER_ATTEMPT,
+        names.HEADER_DEFERRALS,
+        names.HEADER_PUBLISHER_USER,
+        names.HEADER_RECEIVED_AT,
+        names.HEADER_REPLAYED_BY,
+        names.HEADER_SEALED_TOKEN,
+    }
 )
-"""warden's own headers on its copies (its counts, the original's publisher): written afresh on
-every copy, never carried over."""
+"""warden's own headers on its copies (its counts, the original's publisher, its first arrival,
+who replayed it): written afresh on every copy, never carried over."""
 
 
 def _traced(span: Span, outcome: Outcome) -> None:
@@ -78,8 +86,12 @@ class Consumer:
         tracing: Tracing = NO_TRACING,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_settled: Callable[[Delivery, Outcome], None] | None = None,
+        witnessed: bool = False,
     ) -> None:
         self.gate = gate
+        self.witnessed = witnessed
+        """Whether the broker was proven to stamp arrivals (:mod:`worker.amqp.arrival`): only
+        then is a job's arrival read."""
         self.on_settled = on_settled
         """Told what became of each delivery once it is settled (``warden demo``, the
         fixtures of :mod:`worker.testing`)."""
@@ -96,6 +108,8 @@ class Consumer:
         self._user = settings.broker_user()
         self._trusted = settings.trusted()
         self._tiers = settings.retry_tiers()
+        key = settings.seal_key_bytes()
+        self._seal = None if key is None else Seal(key)
         self.in_flight: set[asyncio.Task[Any]] = set()
         self._acks = Acker(
             linger=settings.ack_linger_ms / 1000, batch=max(1, settings.prefetch // 4)
@@ -117,7 +131,7 @@ class Consumer:
             self.in_flight.add(task)
         self._acks.delivered(message)
         try:
-            delivery = to_delivery(message, queue, self._trusted)
+            delivery = to_delivery(message, queue, self._trusted, witnessed=self.witnessed)
             with self.tracing.job(queue, delivery.message_id, delivery.headers) as span:
                 if quarantined:
                     outcome: Outcome = DeadLetter(delivery_limit_denial(delivery))
@@ -299,6 +313,10 @@ class Consumer:
             headers[names.HEADER_DEFERRALS] = deferrals
         if delivery.publisher_user is not None:
             headers[names.HEADER_PUBLISHER_USER] = delivery.publisher_user
+        if delivery.arrived_at is not None:
+            headers[names.HEADER_RECEIVED_AT] = round(delivery.arrived_at * 1000)
+        if delivery.replayed_by is not None:
+            headers[names.HEADER_REPLAYED_BY] = delivery.replayed_by
         copy = copy_properties(message, headers, user_id=self._user, expiration_ms=delay_ms)
         try:
             await send_copy(self._publisher, message.body, copy, "", retry_queue)
@@ -341,6 +359,10 @@ class Consumer:
 
     async def _dead_letter(self, message: Inbound, delivery: Delivery, denied: Denied) -> None:
         headers = kept_headers(delivery.headers, denied.token.raw if denied.token else None)
+        if self._seal is not None and denied.token is not None and sealed_for(denied.denial):
+            headers[names.HEADER_SEALED_TOKEN] = self._seal.seal(
+                denied.token.raw, delivery.message_id or ""
+            )
         stamp = self._denials.encoded(
             denied,
             delivery,

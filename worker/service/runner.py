@@ -15,10 +15,11 @@ from typing import TypeVar
 import httpx
 
 from worker import names
+from worker.amqp.arrival import stamping, unwitnessed
 from worker.amqp.connection import TRANSPORT_ERRORS, Connection, connect, describe
 from worker.amqp.feed import RevocationFeed
 from worker.amqp.inbound import Subscriptions
-from worker.amqp.links import ConsumingChannel, CreditKeeper, Link, Publishing
+from worker.amqp.links import ConsumingChannel, CreditKeeper, Link, Publishing, close_bounded
 from worker.amqp.topology import declare_stream, declare_topology
 from worker.auth.keys import Keyring
 from worker.auth.revocation import RevocationList
@@ -192,15 +193,27 @@ class Worker:
             self.ready.clear()
             self.http.close()
 
+    def allowance(self) -> float:
+        """The largest queueing allowance of any action (seconds); start-up refuses one that a
+        revocation would not outlast in the stream."""
+        settings = self.settings
+        largest = self.registry.largest_allowance(settings.queued_for_seconds)
+        try:
+            settings.check_retention(largest, "the largest queueing allowance")
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
+        return largest
+
     async def _run(self, stop: asyncio.Event) -> None:
         settings = self.settings
         url = settings.broker_url.get_secret_value()
+        allowance = self.allowance()
         async with httpx.AsyncClient(timeout=settings.jwks_timeout_seconds) as http:
             keyring = self.keyring = build_keyring(settings, http)
             self.stage = "fetching the issuers' keys"
             await unless_stopped(stop, keyring.load())
             if self.revocations is None:
-                self.revocations = RevocationList(settings.revocation_max_entries)
+                self.revocations = RevocationList(settings.revocation_max_entries, hold=allowance)
             feed = self.feed = RevocationFeed(
                 url,
                 self.revocations,
@@ -218,6 +231,7 @@ class Worker:
                 cache=VerifiedTokens(settings.token_cache_size)
                 if settings.token_cache_size
                 else None,
+                queued_for=settings.queued_for_seconds,
             )
             self.stage = "connecting to the broker"
             connection = self.connection = await unless_stopped(
@@ -230,11 +244,19 @@ class Worker:
                 publishing.listeners.append(feed.publishing_blocked)
                 feed.markers = publishing.channel
                 try:
+                    witnessed = await self._probe_arrivals(url, allowance, stop)
                     async with asyncio.TaskGroup() as background:
                         tasks = [background.create_task(keyring.refresh_forever())]
                         try:
                             await self._serve(
-                                connection, publishing, gate, feed, stop, tasks, background
+                                connection,
+                                publishing,
+                                gate,
+                                feed,
+                                stop,
+                                tasks,
+                                background,
+                                witnessed=witnessed,
                             )
                         finally:
                             for task in tasks:
@@ -281,6 +303,41 @@ class Worker:
                 await unless_stopped(stop, asyncio.sleep(backoff(0.5, 10.0, failures)))
                 failures += 1
 
+    async def _probe_arrivals(self, url: str, allowance: float, stop: asyncio.Event) -> bool:
+        """:meth:`_witnessed`, on a connection of its own: the probe is a publish, and a broker
+        in a resource alarm blocks a connection that publishes; neither the consuming nor the
+        publishing connection is to spend its one publish the broker still takes then."""
+        self.stage = "finding out whether the broker stamps arrivals"
+        probing = await unless_stopped(
+            stop, connect(url, f"{self.settings.worker_id} arrival probe")
+        )
+        try:
+            return await unless_stopped(stop, self._witnessed(probing, allowance))
+        finally:
+            await close_bounded(probing)
+
+    async def _witnessed(self, connection: Connection, allowance: float) -> bool:
+        """Whether the broker witnesses arrivals (:func:`~worker.amqp.arrival.stamping`): only
+        then is a job's arrival read. A worker with an allowance refuses to start otherwise."""
+        publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        channel = await connection.channel()
+        try:
+            found = await stamping(publisher, channel, self.settings.queues[0])
+        finally:
+            for open_channel in (publisher, channel):
+                with contextlib.suppress(*TRANSPORT_ERRORS):
+                    await open_channel.close()
+        if found is None:
+            return True
+        if allowance:
+            raise unwitnessed(found)
+        log.info(
+            "the broker does not witness arrivals: no queueing allowance is possible, and dead "
+            "letters record no received_at",
+            extra={"why": found},
+        )
+        return False
+
     async def _serve(
         self,
         connection: Connection,
@@ -290,6 +347,8 @@ class Worker:
         stop: asyncio.Event,
         tasks: list[asyncio.Task[None]],
         background: asyncio.TaskGroup,
+        *,
+        witnessed: bool,
     ) -> None:
         settings = self.settings
         self.stage = "declaring the queues"
@@ -306,6 +365,7 @@ class Worker:
             metrics=self.metrics,
             tracing=self.tracing,
             on_settled=self.on_settled,
+            witnessed=witnessed,
         )
         handlers = {name: partial(consumer.on_message, name) for name in queues}
         for name in queues:
