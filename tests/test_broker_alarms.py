@@ -8,7 +8,6 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 import pytest
@@ -18,7 +17,6 @@ from tests.support.actions import ran
 from tests.support.issuer import Issuer, JwksServer
 from tests.support.logwatch import LogWatch
 from tests.support.nodes import Node, until
-from tests.support.processes import WorkerProcess, worker_environment, worker_processes
 from tests.support.rabbit import Rabbit
 from worker import names
 from worker.amqp import links
@@ -138,58 +136,60 @@ async def test_allowed_jobs_run_through_an_alarm_and_denied_ones_are_dead_letter
         await asyncio.wait_for(asyncio.shield(running.task), 30)
 
 
-async def test_sigterm_during_an_alarm_exits_0_and_returns_the_waiting_jobs(
-    standalone_node: Node, node_rabbit: Rabbit, jwks: JwksServer, issuer: Issuer
+async def test_stopped_during_an_alarm_the_worker_returns_the_waiting_jobs_to_their_queue(
+    standalone_node: Node,
+    node_rabbit: Rabbit,
+    jwks: JwksServer,
+    issuer: Issuer,
+    logwatch: LogWatch,
 ) -> None:
     queue = f"t-alarm-{uuid.uuid4().hex[:10]}"
-    await node_rabbit.declare_work_queue(queue)
-    allowed_token = issuer.token(scope="reports:read")
-    denied_token = issuer.token(scope="reports:write")
-    allowed, denied = [], []
-    for i in range(40):
-        if i % DENIED_EVERY == 0:
-            denied.append(await node_rabbit.job(queue, "reports.read", denied_token))
-        else:
-            allowed.append(await node_rabbit.job(queue, "reports.read", allowed_token))
-    await standalone_node.raise_memory_alarm()
+    grace = 2.0
+    settings = worker_settings(
+        standalone_node.url,
+        jwks,
+        issuer,
+        queue,
+        prefetch=PREFETCH,
+        shutdown_grace_seconds=grace,
+    )
+    node_rabbit.forget_later(queue, settings.retry_tiers())
+    running = Running(Worker(settings, REGISTRY))
+    try:
+        await asyncio.wait_for(running.worker.ready.wait(), 30)
+        gated = [await node_rabbit.job(queue, "gated.run", issuer.token()) for _ in range(PREFETCH)]
+        allowed_token = issuer.token(scope="reports:read")
+        denied_token = issuer.token(scope="reports:write")
+        allowed, denied = [], []
+        for i in range(40):
+            if i % DENIED_EVERY == 0:
+                denied.append(await node_rabbit.job(queue, "reports.read", denied_token))
+            else:
+                allowed.append(await node_rabbit.job(queue, "reports.read", allowed_token))
+        await ran.entered.wait()
+        await standalone_node.raise_memory_alarm()
+        ran.gate.set()
+        await ran.wait_for(len(gated) + len(allowed), timeout=60)
+        await logwatch.wait_for(lambda r: r.getMessage().startswith("the broker blocks"))
 
-    grace = 3.0
-    async with worker_processes() as start:
-        worker: WorkerProcess = await start(
-            worker_environment(
-                standalone_node.url,
-                queue,
-                jwks,
-                issuer,
-                WARDEN_PREFETCH=str(PREFETCH),
-                WARDEN_LOG_ALLOWED_LEVEL="INFO",
-                WARDEN_SHUTDOWN_GRACE_SECONDS=str(grace),
-                WARDEN_RETRY_BASE_SECONDS="0.05",
-                WARDEN_RETRY_MAX_SECONDS="1",
-                WARDEN_DEFER_MAX_SECONDS="0.5",
-            )
-        )
-        await worker.logged(lambda r: str(r.get("event")).startswith("the broker blocks"))
-        ran: set[str] = set()
-
-        def all_allowed_ran(record: dict[str, Any]) -> bool:
-            if record.get("event") == "allowed":
-                ran.add(record["message_id"])
-            return ran >= set(allowed)
-
-        await worker.logged(all_allowed_ran)
-        status, body = await worker.readyz()
-        assert status == 503
-        assert body["broker"] == "the broker blocks the publishing connection: low on memory"
-
-        # The denied jobs wait for their dead letters: stopped, the worker gives them back.
-        assert await worker.stop(within=grace + 5) == 0, worker.other[-20:]
-        assert not worker.other, worker.other[:10]
+        # The denied jobs wait for their dead letters: stopped, the worker gives them back,
+        # having sent nothing for them, within the grace period and the bounded close.
+        await asyncio.wait_for(running.stop(), grace + 10)
+    finally:
+        ran.gate.set()
+        running.stop_event.set()
+        await asyncio.wait_for(asyncio.shield(running.task), 30)
 
     await standalone_node.clear_memory_alarm()
     back = [m.message_id for m in await node_rabbit.get_all(queue)]
     letters = [m.message_id for m in await node_rabbit.get_all(names.dead_letter_queue(queue))]
-    assert sorted(back + letters) == sorted(denied), "each denied job is somewhere, once"
+    # Nothing lost: every denied job is back in its queue or dead-lettered. A dead letter sent
+    # in the moment before the block reached the worker stays in its socket: the broker takes
+    # it after the alarm, besides the original given back (docs/broker-failures.md).
+    assert set(back) | set(letters) == set(denied)
+    assert len(back) == len(set(back))
+    assert len(letters) == len(set(letters))
+    assert sorted(ran.ids()) == sorted(gated + allowed), "no job ran twice"
 
 
 async def test_past_blocked_max_waiting_no_more_jobs_are_taken_until_the_alarm_ends(

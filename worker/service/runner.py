@@ -43,6 +43,8 @@ T = TypeVar("T")
 
 DECLARE_SECONDS = 30.0
 """How long one attempt at declaring the queues may take before it is tried again."""
+PROBE_LIMIT_SECONDS = 20.0
+"""How long finding out whether the broker stamps arrivals may take, all told."""
 _DECLARE_FAILURES: tuple[type[BaseException], ...] = (*TRANSPORT_ERRORS, TimeoutError)
 
 
@@ -304,29 +306,23 @@ class Worker:
                 failures += 1
 
     async def _probe_arrivals(self, url: str, allowance: float, stop: asyncio.Event) -> bool:
-        """:meth:`_witnessed`, on a connection of its own: the probe is a publish, and a broker
-        in a resource alarm blocks a connection that publishes; neither the consuming nor the
-        publishing connection is to spend its one publish the broker still takes then."""
+        """Whether the broker witnesses arrivals (:func:`~worker.amqp.arrival.stamping`): only
+        then is a job's arrival read. A worker with an allowance refuses to start otherwise.
+
+        The probe is a publish, on a connection of its own: a broker in a resource alarm
+        blocks a connection that publishes, and then reads nothing more from it, not even the
+        probe queue's deletion; so the probe is given up after :data:`PROBE_LIMIT_SECONDS`."""
         self.stage = "finding out whether the broker stamps arrivals"
         probing = await unless_stopped(
             stop, connect(url, f"{self.settings.worker_id} arrival probe")
         )
         try:
-            return await unless_stopped(stop, self._witnessed(probing, allowance))
+            async with asyncio.timeout(PROBE_LIMIT_SECONDS):
+                found = await unless_stopped(stop, self._stamping(probing))
+        except TimeoutError:
+            found = f"did not finish the probe within {PROBE_LIMIT_SECONDS:g}s"
         finally:
             await close_bounded(probing)
-
-    async def _witnessed(self, connection: Connection, allowance: float) -> bool:
-        """Whether the broker witnesses arrivals (:func:`~worker.amqp.arrival.stamping`): only
-        then is a job's arrival read. A worker with an allowance refuses to start otherwise."""
-        publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        channel = await connection.channel()
-        try:
-            found = await stamping(publisher, channel, self.settings.queues[0])
-        finally:
-            for open_channel in (publisher, channel):
-                with contextlib.suppress(*TRANSPORT_ERRORS):
-                    await open_channel.close()
         if found is None:
             return True
         if allowance:
@@ -337,6 +333,16 @@ class Worker:
             extra={"why": found},
         )
         return False
+
+    async def _stamping(self, connection: Connection) -> str | None:
+        publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        channel = await connection.channel()
+        try:
+            return await stamping(publisher, channel, self.settings.queues[0])
+        finally:
+            for open_channel in (publisher, channel):
+                with contextlib.suppress(*TRANSPORT_ERRORS):
+                    await open_channel.close()
 
     async def _serve(
         self,
