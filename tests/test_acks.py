@@ -61,7 +61,7 @@ async def test_a_lingering_ack_leaves_without_any_further_message(
     await asyncio.sleep(0.5)
 
     # Had it not left, the broker would deliver the job again after this.
-    await close_connection_named(f"warden {handle.worker.settings.worker_id}")
+    await close_connection_named(f"warden consuming {handle.worker.settings.worker_id}")
     second = await rabbit.job(queue_name, "reports.read", token)
     jobs = await ran.wait_for(2, timeout=30)
     assert [j.id for j in jobs] == [first, second]

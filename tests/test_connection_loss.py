@@ -27,7 +27,7 @@ async def test_worker_survives_its_connection_being_closed_mid_action(
 
     # The broker drops the worker's connection while the action runs: the action is cancelled
     # with its channel (it could not be acked any more), and the broker delivers the job again.
-    await close_connection_named(f"warden {handle.worker.settings.worker_id}")
+    await close_connection_named(f"warden consuming {handle.worker.settings.worker_id}")
     ran.gate.set()
     after = [await rabbit.job(queue_name, "reports.read", token) for _ in range(3)]
     jobs = await ran.wait_for(4, timeout=30)

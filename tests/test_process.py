@@ -18,6 +18,7 @@ import pytest
 from tests.support.issuer import Issuer, JwksServer
 from tests.support.leaks import assert_no_leak, minted
 from tests.support.rabbit import Rabbit
+from tests.support.workers import WorkerProcesses
 from worker import names
 from worker.amqp.publisher import publish_jobs
 from worker.deadletters.read import dead_letter_reason
@@ -32,42 +33,12 @@ async def spawn(
     broker_url: str, jwks: JwksServer, issuer: Issuer, queue_name: str, rabbit: Rabbit
 ) -> AsyncIterator[Callable[..., Any]]:
     """Start ``warden run`` processes on the test's queue; kill leftovers at the end."""
-    started: list[asyncio.subprocess.Process] = []
     ran_queue = f"{queue_name}.ran"
     rabbit.forget_later(ran_queue)
     channel = await rabbit.connection.channel()
     await channel.declare_queue(ran_queue, durable=True)
 
-    async def start(**env: str) -> asyncio.subprocess.Process:
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("WARDEN_")}
-        environment |= {
-            "PYTHONPATH": str(ROOT),
-            "WARDEN_BROKER_URL": broker_url,
-            "WARDEN_QUEUES": queue_name,
-            "WARDEN_ACTIONS": "tests.support.process_actions",
-            "WARDEN_ISSUER": issuer.url,
-            "WARDEN_JWKS_URL": jwks.jwks_url(issuer),
-            "WARDEN_AUDIENCE": issuer.audience,
-            "WARDEN_RETRY_BASE_SECONDS": "0.05",
-            "WARDEN_RETRY_MAX_SECONDS": "1",
-            "WARDEN_DEFER_MAX_SECONDS": "0.5",
-            "WARDEN_TEST_RAN_QUEUE": ran_queue,
-            "WARDEN_LOG_LEVEL": "WARNING",
-            # A port of its own: another worker on this machine may hold the default one.
-            "WARDEN_HTTP_PORT": "0",
-            **env,
-        }
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "worker",
-            "run",
-            env=environment,
-            cwd=ROOT,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        started.append(process)
-        return process
+    workers = WorkerProcesses(broker_url, queue_name, ran_queue, issuer, jwks)
 
     from worker.settings import Settings
 
@@ -79,11 +50,8 @@ async def spawn(
         defer_max_seconds=0.5,
     ).retry_tiers()
     rabbit.forget_later(queue_name, tiers)
-    yield start
-    for process in started:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+    yield workers.start
+    await workers.close()
 
 
 async def test_sigterm_under_load_exits_0_and_loses_or_repeats_nothing(

@@ -140,6 +140,41 @@ def _split(value: object) -> object:
     return value
 
 
+BROKER_SCHEMES = ("amqp", "amqps")
+DEFAULT_HEARTBEAT_SECONDS = 10
+
+
+def broker_addresses(value: str) -> tuple[str, ...]:
+    """The URLs of a comma-separated ``WARDEN_BROKER_URL``, each a full ``amqp://`` or
+    ``amqps://`` URL of one node; raise ValueError naming the entry by its place, never by its
+    text (which holds a password)."""
+    entries = [entry.strip() for entry in value.split(",")]
+    users = set()
+    for place, entry in enumerate(entries, 1):
+        where = f"address {place} of {len(entries)}" if len(entries) > 1 else "the address"
+        if not entry:
+            raise ValueError(f"{where} is empty (a list is comma-separated full URLs)")
+        parts = urlsplit(entry)
+        if parts.scheme not in BROKER_SCHEMES:
+            raise ValueError(
+                f"{where} is not an amqp:// or amqps:// URL (a list is comma-separated full "
+                "URLs, not JSON)"
+            )
+        try:
+            parts.port  # noqa: B018 - urlsplit checks the port only when asked for it
+        except ValueError:
+            raise ValueError(f"{where} has a port that is not a number from 0 to 65535") from None
+        if not parts.hostname:
+            raise ValueError(f"{where} names no host")
+        users.add(unquote(parts.username or "guest"))
+    if len(users) > 1:
+        raise ValueError(
+            "every address must log in as the same user: it is the user_id warden writes on "
+            "what it publishes and believes by default"
+        )
+    return tuple(entries)
+
+
 def _check_algorithms(value: tuple[str, ...]) -> tuple[str, ...]:
     for name in value:
         if name.lower() == "none" or name.upper().startswith("HS"):
@@ -245,6 +280,11 @@ class BrokerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
 
     broker_url: SecretStr = SecretStr("amqp://guest:guest@localhost:5672/")
+    """One node's URL, or several nodes' (of one cluster), comma-separated: warden connects to
+    the first that answers and moves on to the next when its node is lost."""
+    heartbeat_seconds: Annotated[int, Field(ge=1, le=600)] = DEFAULT_HEARTBEAT_SECONDS
+    """The AMQP heartbeat asked of the broker: a node that stops answering (frozen, or cut off)
+    is left once no frame came from it for twice this plus 2 s (``docs/cluster.md``)."""
     trusted_users: Annotated[tuple[str, ...], NoDecode] = ()
     """Broker users whose letters, copies and revocation events warden believes (default: the
     user of ``WARDEN_BROKER_URL``)."""
@@ -266,6 +306,16 @@ class BrokerSettings(BaseSettings):
     @classmethod
     def _queue_list(cls, value: object) -> object:
         return _split(value)
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url(cls, value: SecretStr) -> SecretStr:
+        broker_addresses(value.get_secret_value())
+        return value
+
+    def broker_urls(self) -> tuple[str, ...]:
+        """Every broker address, in the order they are tried."""
+        return broker_addresses(self.broker_url.get_secret_value())
 
     @field_validator("seal_key")
     @classmethod
@@ -303,7 +353,7 @@ class BrokerSettings(BaseSettings):
 
     def broker_user(self) -> str:
         """The user warden connects as (what RabbitMQ puts in the ``user_id`` it validates)."""
-        return unquote(urlsplit(self.broker_url.get_secret_value()).username or "guest")
+        return unquote(urlsplit(self.broker_urls()[0]).username or "guest")
 
     def trusted(self) -> frozenset[str]:
         """The broker users whose ``x-warden-*`` headers, ``x-death`` and revocation events are

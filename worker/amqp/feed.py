@@ -22,16 +22,28 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, DeliveryMode
 
 from worker import errors, names
-from worker.amqp.connection import TRANSPORT_ERRORS, describe
+from worker.amqp.connection import (
+    TRANSPORT_ERRORS,
+    UNREACHABLE,
+    describe,
+    open_connection,
+    stuck_as_lost,
+)
 from worker.amqp.outbound import publish_confirmed
 from worker.amqp.topology import declare_stream
 from worker.auth.revocation import Revocation, RevocationList
 from worker.errors import FeedBroken, InvalidEvent, PublishFailed
+from worker.settings import DEFAULT_HEARTBEAT_SECONDS
 from worker.support.backoff import backoff
 
 log = logging.getLogger("warden.revocation")
 
-_BROKEN: tuple[type[BaseException], ...] = (FeedBroken, PublishFailed, OSError, *TRANSPORT_ERRORS)
+_BROKEN: tuple[type[BaseException], ...] = (
+    FeedBroken,
+    PublishFailed,
+    *UNREACHABLE,
+    *TRANSPORT_ERRORS,
+)
 """What ends one attachment of the feed; it attaches again."""
 
 
@@ -52,14 +64,21 @@ async def publish_revocation(channel: AbstractChannel, event: Revocation, user: 
     await publish_confirmed(exchange, message, "")
 
 
-async def revoke(broker_url: str, event: Revocation, retention: str, user: str) -> None:
+async def revoke(
+    broker_url: str,
+    event: Revocation,
+    retention: str,
+    user: str,
+    *,
+    heartbeat: int = DEFAULT_HEARTBEAT_SECONDS,
+) -> None:
     """What ``warden revoke`` does: append ``event``, confirmed.
 
     Where the user may (a worker's or an administrator's user), the stream and its exchange are
     declared first, so that a revocation issued before any worker ran is kept; a revoker with
     only the permission to write to ``warden.revoke`` publishes to what the workers declared.
     """
-    connection = await aio_pika.connect(broker_url)
+    connection = await open_connection(broker_url, "warden revoke", heartbeat=heartbeat)
     async with connection:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         try:
@@ -96,11 +115,13 @@ class RevocationFeed:
         max_staleness: float,
         trusted: frozenset[str],
         user: str,
+        heartbeat: int = DEFAULT_HEARTBEAT_SECONDS,
         probe_every: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self._url = broker_url
+        self._heartbeat = heartbeat
         self.revocations = revocations
         self._trusted = trusted
         self._user = user
@@ -209,7 +230,8 @@ class RevocationFeed:
             try:
                 while True:
                     try:
-                        await self._follow()
+                        with stuck_as_lost():
+                            await self._follow()
                     except _BROKEN as exc:
                         self._detached(exc)
                     except asyncio.CancelledError as exc:
@@ -271,8 +293,8 @@ class RevocationFeed:
         )
 
     async def _follow(self) -> None:
-        connection = await aio_pika.connect(
-            self._url, client_properties={"connection_name": "warden revocation feed"}
+        connection = await open_connection(
+            self._url, "warden revocation feed", heartbeat=self._heartbeat
         )
         async with connection:
             broken = asyncio.Event()

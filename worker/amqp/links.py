@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import aiormq
@@ -144,8 +144,8 @@ class Publishing(Link):
         self.on_waiting: Callable[[int], None] | None = None
 
     @classmethod
-    async def open(cls, url: str, worker_id: str) -> Publishing:
-        connection = await connect(url, f"{worker_id} publishing")
+    async def open(cls, url: str | Sequence[str], worker_id: str, heartbeat: int) -> Publishing:
+        connection = await connect(url, "publishing", heartbeat=heartbeat, worker_id=worker_id)
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         except BaseException:

@@ -17,19 +17,25 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import urlsplit
 
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, DeliveryMode
 
 from worker import errors, names
-from worker.amqp.connection import TRANSPORT_ERRORS, describe
+from worker.amqp.connection import (
+    TRANSPORT_ERRORS,
+    UNREACHABLE,
+    addresses,
+    describe,
+    open_connection,
+)
 from worker.auth.credentials import TokenLike, token_source
 from worker.auth.proof import ProofKey
 from worker.pipeline.delivery import job_body, job_headers
+from worker.settings import DEFAULT_HEARTBEAT_SECONDS
 
-_BROKER_ERRORS: tuple[type[BaseException], ...] = (OSError, *TRANSPORT_ERRORS)
+_BROKER_ERRORS: tuple[type[BaseException], ...] = (*UNREACHABLE, *TRANSPORT_ERRORS)
 """What connecting, or publishing on a channel, raises when the broker refuses or is gone."""
 
 WINDOW = 256
@@ -126,18 +132,17 @@ class Publisher:
         self._opening = asyncio.Lock()
 
     async def __aenter__(self) -> Self:
-        parts = urlsplit(self._url)
+        urls = addresses(self._url, DEFAULT_HEARTBEAT_SECONDS)
         try:
-            self._connection = await aio_pika.connect(
-                self._url, client_properties={"connection_name": self._name}
-            )
+            self._connection = await open_connection(urls, self._name)
         except aiormq.exceptions.ProbableAuthenticationError:
             raise errors.JobAccessRefused(
-                f"the broker refused the login of user {parts.username or 'guest'!r}"
+                f"the broker refused the login of user {urls[0].user or 'guest'!r}"
             ) from None
         except _BROKER_ERRORS as exc:
+            where = ", ".join(f"{url.host}:{url.port}" for url in urls)
             raise errors.PublishFailed(
-                f"cannot reach the broker at {parts.hostname}:{parts.port or 5672}: {describe(exc)}"
+                f"cannot reach the broker at {where}: {describe(exc)}"
             ) from None
         return self
 

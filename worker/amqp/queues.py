@@ -28,6 +28,7 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
+from worker.amqp.connection import open_connection
 from worker.amqp.inbound import Inbound
 from worker.amqp.outbound import (
     Send,
@@ -38,6 +39,7 @@ from worker.amqp.outbound import (
     send_salvaged,
 )
 from worker.errors import AccessRefused, QueueMissing, TableNotEncodable
+from worker.settings import DEFAULT_HEARTBEAT_SECONDS
 
 log = logging.getLogger("warden.dlq")
 
@@ -168,6 +170,11 @@ class Moving:
         await self._transaction.commit()
         self.sent[message.message_id] = (message, back)
 
+    async def drop(self, message: Held) -> None:
+        """Remove ``message`` from its queue for good, in a transaction of its own."""
+        await message.message.ack()
+        await self._transaction.commit()
+
 
 async def _send(
     channel: AbstractChannel,
@@ -211,10 +218,13 @@ async def _take_all(channel: AbstractChannel, queue: str) -> list[Held]:
 
 
 @asynccontextmanager
-async def connected(url: str, name: str, user: str) -> AsyncIterator[Queues]:
-    """A tool's connection called ``name`` as ``user``, closed afterwards. What the user's
-    permissions refuse is :class:`~worker.errors.AccessRefused`, naming the user."""
-    connection = await aio_pika.connect(url, client_properties={"connection_name": name})
+async def connected(
+    url: str, name: str, user: str, heartbeat: int = DEFAULT_HEARTBEAT_SECONDS
+) -> AsyncIterator[Queues]:
+    """A tool's connection called ``name`` as ``user`` (to the first address of ``url`` that
+    answers), closed afterwards. What the user's permissions refuse is
+    :class:`~worker.errors.AccessRefused`, naming the user."""
+    connection = await open_connection(url, name, heartbeat=heartbeat)
     async with connection:
         try:
             yield Queues(connection, user)
@@ -227,7 +237,7 @@ async def connected(url: str, name: str, user: str) -> AsyncIterator[Queues]:
 
 @asynccontextmanager
 async def _channel(url: str) -> AsyncIterator[AbstractChannel]:
-    connection = await aio_pika.connect(url, client_properties={"connection_name": "warden queues"})
+    connection = await open_connection(url, "warden queues")
     async with connection:
         yield await connection.channel()
 

@@ -294,7 +294,7 @@ def document(
             "dead-letters.",
         },
         "defaultContentType": "application/json",
-        "servers": {"broker": _server(settings.broker_url.get_secret_value())},
+        "servers": {"broker": _server(settings.broker_urls()[0])},
         "channels": channels,
         "operations": operations,
         "components": {"schemas": schemas, "messages": messages},

@@ -34,7 +34,10 @@ def _json(value: Any) -> None:
 
 def _reader(settings: BrokerSettings) -> admin.Reader:
     return admin.Reader(
-        settings.broker_url.get_secret_value(), settings.broker_user(), settings.trusted()
+        settings.broker_url.get_secret_value(),
+        settings.broker_user(),
+        settings.trusted(),
+        settings.heartbeat_seconds,
     )
 
 
@@ -67,7 +70,8 @@ def dlq() -> None:
 @click.argument("queues", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def stats(queues: tuple[str, ...], as_json: bool) -> None:
-    """Dead letters by reason, per QUEUE (default: WARDEN_QUEUES)."""
+    """Dead letters by reason, per QUEUE (default: WARDEN_QUEUES); a job dead-lettered again
+    for the same reason counts once."""
     settings = settings_or_exit(BrokerSettings)
     counts = run_or_exit(
         admin.stats(_reader(settings), list(queues or settings.queues)),
@@ -90,7 +94,8 @@ def stats(queues: tuple[str, ...], as_json: bool) -> None:
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def list_(queue: str, reason: str | None, limit: int | None, as_json: bool) -> None:
-    """QUEUE's dead letters, oldest first."""
+    """QUEUE's dead letters, oldest first; a job dead-lettered again for the same reason is
+    shown once, with its number of copies."""
     settings = settings_or_exit(BrokerSettings)
     found = run_or_exit(
         admin.letters(_reader(settings), queue, _by(reason), limit),
@@ -101,8 +106,9 @@ def list_(queue: str, reason: str | None, limit: int | None, as_json: bool) -> N
         return
     table = Table("message id", "reason", "action", "client_id / sub", "denied at", "detail")
     for letter in found:
+        copies = f" ({letter.copies} copies)" if letter.copies > 1 else ""
         table.add_row(
-            letter.message_id or "-",
+            (letter.message_id or "-") + copies,
             (letter.reason or "-") if letter.trusted else f"[red]{UNTRUSTED}[/red]",
             letter.action or "-",
             _who(letter),
@@ -160,7 +166,8 @@ def replay(
 
     Only letters warden wrote move (untrusted ones, see ``dlq list``, never do). Each one moves
     in a transaction (republished and removed together), so a replay that is stopped loses
-    nothing and moves nothing twice when it is run again.
+    nothing and moves nothing twice when it is run again. Copies of a letter (the same job
+    dead-lettered again for the same reason) are removed with it: the job goes back once.
     """
     if not (message_id or reason or everything):
         raise click.UsageError("say what to replay: --message-id, --reason or --all")
@@ -191,7 +198,8 @@ def replay(
             "replay",
         )
     left = report.skipped + len(report.unsealed)
-    click.echo(f"replayed {len(report.moved)}, left {left} in {queue}.dlq")
+    repeats = f", removed {report.repeats} repeated copies" if report.repeats else ""
+    click.echo(f"replayed {len(report.moved)}{repeats}, left {left} in {queue}.dlq")
     if report.unsealed:
         fail(
             f"{len(report.unsealed)} carry no token of their own that WARDEN_SEAL_KEY opens "

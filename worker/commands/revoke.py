@@ -79,6 +79,7 @@ def revoke(
             event,
             settings.revocation_retention,
             settings.broker_user(),
+            heartbeat=settings.heartbeat_seconds,
         ),
         "revocation",
     )

@@ -18,6 +18,7 @@ from worker import names
 from worker.amqp.queues import Held, connected
 from worker.deadletters.read import Letter, arrival_ms, replay_headers
 from worker.deadletters.seal import Seal
+from worker.settings import DEFAULT_HEARTBEAT_SECONDS
 
 Select = Callable[[Letter], bool]
 
@@ -30,6 +31,7 @@ class Reader:
     url: str
     user: str
     trusted: frozenset[str]
+    heartbeat: int = DEFAULT_HEARTBEAT_SECONDS
 
 
 def _letter(message: Held, queue: str, reader: Reader) -> Letter:
@@ -43,23 +45,40 @@ def _letter(message: Held, queue: str, reader: Reader) -> Letter:
     )
 
 
+def once(found: list[Letter]) -> list[Letter]:
+    """Each dead letter once: a repeat of an earlier one (the same :attr:`Letter.identity`) is
+    left out, and the first counts its copies."""
+    first: dict[tuple[str, str, bytes], int] = {}
+    out: list[Letter] = []
+    for letter in found:
+        key = letter.identity
+        if key is None or key not in first:
+            if key is not None:
+                first[key] = len(out)
+            out.append(letter)
+        else:
+            place = first[key]
+            out[place] = out[place].repeated()
+    return out
+
+
 async def letters(
     reader: Reader, queue: str, select: Select | None = None, limit: int | None = None
 ) -> list[Letter]:
-    """The dead letters of ``queue``'s dead-letter queue that ``select`` keeps, oldest first;
-    the queue is left as it was."""
+    """The dead letters of ``queue``'s dead-letter queue that ``select`` keeps, oldest first,
+    each once however many copies of it the queue holds; the queue is left as it was."""
     async with (
-        connected(reader.url, "warden dlq", reader.user) as queues,
+        connected(reader.url, "warden dlq", reader.user, reader.heartbeat) as queues,
         queues.look(names.dead_letter_queue(queue)) as looking,
     ):
-        found = [_letter(m, queue, reader) for m in looking.held]
+        found = once([_letter(m, queue, reader) for m in looking.held])
     chosen = [letter for letter in found if select is None or select(letter)]
     return chosen if limit is None else chosen[:limit]
 
 
 async def stats(reader: Reader, queues: list[str]) -> dict[str, Counter[str]]:
-    """Dead letters by reason, per work queue; letters no trusted user wrote are counted as
-    ``untrusted``, never under a reason."""
+    """Dead letters by reason, per work queue, each once however many copies of it there are;
+    letters no trusted user wrote are counted as ``untrusted``, never under a reason."""
     out: dict[str, Counter[str]] = {}
     for queue in queues:
         out[queue] = Counter(letter.counted_as for letter in await letters(reader, queue))
@@ -72,6 +91,8 @@ class Moved:
 
     moved: list[str | None] = field(default_factory=list)
     skipped: int = 0
+    repeats: int = 0
+    """Copies of a replayed letter removed with it (not sent: the job goes back once)."""
     returned: list[str | None] = field(default_factory=list)
     """Replayed jobs the broker could not route; they were put back as dead letters."""
     unsealed: list[str | None] = field(default_factory=list)
@@ -96,15 +117,23 @@ async def replay(
     of a job refused only for time carries it sealed), and its first arrival: it runs as its
     publisher if the queueing allowance covers it now. A letter without such a token stays. With
     ``token``, every job goes back with it, arrives anew, and says who replayed it.
+
+    A letter's repeats (the same job denied again for the same reason) are removed with it: the
+    job goes back once.
     """
     report = Moved()
-    async with connected(reader.url, "warden dlq", reader.user) as queues:
+    replayed: set[tuple[str, str, bytes]] = set()
+    async with connected(reader.url, "warden dlq", reader.user, reader.heartbeat) as queues:
         await queues.require(queue)
         async with queues.moving(names.dead_letter_queue(queue)) as moving:
             for message in moving.held:
                 letter = _letter(message, queue, reader)
                 if not letter.trusted or not select(letter):
                     report.skipped += 1
+                    continue
+                if letter.identity in replayed:
+                    await moving.drop(message)
+                    report.repeats += 1
                     continue
                 if token is not None:
                     headers = replay_headers(message.headers, token, replayed_by=reader.user)
@@ -117,6 +146,8 @@ async def replay(
                     headers = replay_headers(
                         message.headers, own, received_at=arrival_ms(letter.received_at)
                     )
+                if letter.identity is not None:
+                    replayed.add(letter.identity)
                 back = names.dead_letter_routing_key(letter.reason or "unknown", queue)
                 await moving.move(
                     message,
@@ -135,7 +166,7 @@ async def purge(reader: Reader, queue: str, select: Select) -> Moved:
     """Remove the selected dead letters; leave the others where they were."""
     report = Moved()
     async with (
-        connected(reader.url, "warden dlq", reader.user) as queues,
+        connected(reader.url, "warden dlq", reader.user, reader.heartbeat) as queues,
         queues.look(names.dead_letter_queue(queue)) as looking,
     ):
         for message in looking.held:

@@ -3,8 +3,9 @@ came from. Pure: the broker side is :mod:`worker.deadletters.admin`."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -83,6 +84,23 @@ class Letter:
     denial: Mapping[str, Any] | None
     body: bytes
     headers: Mapping[str, Any]
+    copies: int = 1
+    """How many letters in the queue are this one (:attr:`identity`): more than one when the
+    same job was dead-lettered again for the same reason before the first was acked."""
+
+    @property
+    def identity(self) -> tuple[str, str, bytes] | None:
+        """What makes two letters the same: the job's message id, the reason, and the body.
+        A worker stopped after writing a letter and before acking the job leaves the job to be
+        denied again, and so written again, alike. Only warden's own letters with a message id
+        have an identity: an untrusted one is never taken for a copy of anything."""
+        if not self.trusted or self.message_id is None or self.reason is None:
+            return None
+        return (self.message_id, self.reason, hashlib.sha256(self.body).digest())
+
+    def repeated(self) -> Letter:
+        """This letter, counting one more copy of it."""
+        return replace(self, copies=self.copies + 1)
 
     @classmethod
     def read(
@@ -168,6 +186,7 @@ class Letter:
             denied_at=self.denied_at,
             received_at=self.received_at,
             detail=self.detail,
+            copies=self.copies,
         )
         return out
 

@@ -222,6 +222,7 @@ class Worker:
                 max_staleness=settings.revocation_max_staleness,
                 trusted=settings.trusted(),
                 user=settings.broker_user(),
+                heartbeat=settings.heartbeat_seconds,
             )
             trust = build_trust(settings)
             gate = Gate(
@@ -237,11 +238,19 @@ class Worker:
             )
             self.stage = "connecting to the broker"
             connection = self.connection = await unless_stopped(
-                stop, connect(url, settings.worker_id)
+                stop,
+                connect(
+                    url,
+                    "consuming",
+                    heartbeat=settings.heartbeat_seconds,
+                    worker_id=settings.worker_id,
+                ),
             )
             self.consuming = Link(connection, "consuming")
             async with connection:
-                publishing = await unless_stopped(stop, Publishing.open(url, settings.worker_id))
+                publishing = await unless_stopped(
+                    stop, Publishing.open(url, settings.worker_id, settings.heartbeat_seconds)
+                )
                 self.publishing = publishing
                 publishing.listeners.append(feed.publishing_blocked)
                 feed.markers = publishing.channel
@@ -313,8 +322,15 @@ class Worker:
         blocks a connection that publishes, and then reads nothing more from it, not even the
         probe queue's deletion; so the probe is given up after :data:`PROBE_LIMIT_SECONDS`."""
         self.stage = "finding out whether the broker stamps arrivals"
+        settings = self.settings
         probing = await unless_stopped(
-            stop, connect(url, f"{self.settings.worker_id} arrival probe")
+            stop,
+            connect(
+                url,
+                "arrival probe",
+                heartbeat=settings.heartbeat_seconds,
+                worker_id=settings.worker_id,
+            ),
         )
         try:
             async with asyncio.timeout(PROBE_LIMIT_SECONDS):
