@@ -96,7 +96,7 @@ async def test_sigterm_while_fetching_keys_exits_0(
 
 async def test_sigterm_while_the_broker_refuses_connections_exits_0(spawn: Spawn) -> None:
     worker = await spawn(UNREACHABLE)
-    await worker.logged("broker unreachable; retrying")
+    await worker.logged("no broker address answers; retrying")
     status, body = await worker.readyz()
     assert status == 503
     assert body["broker"] == "not connected to the broker"
