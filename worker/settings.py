@@ -393,6 +393,9 @@ class Settings(BrokerSettings):
     """How long a settled message's ack may wait to leave with others (0: at once)."""
     http_port: Annotated[int, Field(ge=0, le=65535)] = 9100
     """0 picks a free port (the worker logs which)."""
+    blocked_max_waiting: Annotated[int, Field(ge=0)] = 1000
+    """Deliveries held unacked, at most, waiting for a broker that blocks publishing (a
+    resource alarm) to take their dead letter or copy; past it, no more are taken."""
     max_token_bytes: Annotated[int, Field(ge=256, le=65536)] = 8192
     token_cache_size: Annotated[int, Field(ge=0)] = 10_000
     """Verified tokens remembered (0: verify every job's token in full)."""

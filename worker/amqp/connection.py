@@ -220,6 +220,11 @@ async def connect(
             )
             try:
                 await connection.connect(timeout=connect_timeout(heartbeat))
+            except asyncio.CancelledError:
+                # A stop signal while connecting: the task of reconnecting outlives a
+                # cancellation, and would keep the process from ending.
+                await connection.close()
+                raise
             except UNREACHABLE as exc:
                 await connection.close()
                 log.warning(

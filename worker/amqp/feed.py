@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import Any
 
@@ -148,14 +148,40 @@ class RevocationFeed:
         self._became_unreliable = asyncio.Event()
         self._failures = 0
         self._seen_offset = -1
+        self._attached = False
+        self._blocked_since: float | None = None
+        """While the broker blocks publishing: since when (``clock``)."""
+        self.markers: AbstractChannel | None = None
+        """The channel markers are published on (the worker's publishing connection); None for
+        one of the feed's own connection."""
 
     def fresh(self) -> bool:
         """Whether decisions may rely on the revocation list now."""
-        return (
-            self.caught_up.is_set()
-            and self._fault is None
-            and self._clock() - self._last_ok <= self.max_staleness
-        )
+        return self.caught_up.is_set() and self._fault is None and self._lag() <= self.max_staleness
+
+    def _lag(self) -> float:
+        """How long since the newest marker that came back was sent, not counting the time the
+        broker has been blocking publishing with the feed attached. A resource alarm blocks
+        every publisher of the cluster, revokers included (the broker reads no more from a
+        connection once it has published), and no marker can be sent to show the feed current;
+        but a block stops publishers' sockets, not deliveries: the attached consumer goes on
+        receiving whatever reaches the stream. So the list is relied on, for the time blocked,
+        as it was when the block began; otherwise no allowed job would run through an alarm."""
+        since = self._blocked_since
+        now = self._clock()
+        if since is not None and self._attached:
+            now = min(now, max(since, self._last_ok))
+        return now - self._last_ok
+
+    def publishing_blocked(self, blocked: bool) -> None:
+        """The broker blocks publishing (``True``), or no longer does."""
+        now = self._clock()
+        if blocked:
+            self._blocked_since = now
+            return
+        since, self._blocked_since = self._blocked_since, None
+        if since is not None and self._attached and self._last_ok < since:
+            self._last_ok += now - since
 
     def why_stale(self) -> str:
         """Human text for a wait: what the feed is missing."""
@@ -165,7 +191,7 @@ class RevocationFeed:
             return "the revocation feed has not been read to its end yet"
         return (
             f"the revocation feed has not advanced for "
-            f"{self._clock() - self._last_ok:.1f}s (max {self.max_staleness:g}s)"
+            f"{self._lag():.1f}s (max {self.max_staleness:g}s)"
         )
 
     def check(self, claims: dict[str, Any], issuer: str) -> None:
@@ -208,6 +234,14 @@ class RevocationFeed:
                             await self._follow()
                     except _BROKEN as exc:
                         self._detached(exc)
+                    except asyncio.CancelledError as exc:
+                        # aiormq cancels what waits on a connection the broker closed (541
+                        # "Stream coordinator unavailable" without quorum): only a cancellation
+                        # of this task ends it.
+                        current = asyncio.current_task()
+                        if current is None or current.cancelling():
+                            raise
+                        self._detached(exc)
                     await asyncio.sleep(backoff(0.1, 5.0, self._failures))
             finally:
                 watch.cancel()
@@ -238,6 +272,11 @@ class RevocationFeed:
     def _detached(self, exc: BaseException) -> None:
         self._failures += 1
         self._probe = None
+        if self._attached and self._blocked_since is not None:
+            # The time blocked while attached is behind us; from here on, it counts.
+            self._last_ok += self._clock() - max(self._blocked_since, self._last_ok)
+            self._blocked_since = self._clock()
+        self._attached = False
         log.warning(
             "revocation feed lost; jobs wait once it is stale",
             extra={"error": describe(exc), "max_staleness": self.max_staleness},
@@ -266,11 +305,15 @@ class RevocationFeed:
             channel.close_callbacks.add(lambda *_: broken.set())
             connection.close_callbacks.add(lambda *_: broken.set())
             stream = await channel.declare_queue(names.REVOCATION_STREAM, passive=True)
-            publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            await self._send_probe(publisher)
+            publisher = self.markers or await connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+            probes = _Probes(broken)
+            self._send_probe(publisher, probes)
             await stream.consume(
                 partial(self._on_message, broken=broken), arguments={names.STREAM_OFFSET: "first"}
             )
+            self._attached = True
             waiting = asyncio.ensure_future(broken.wait())
             try:
                 while not broken.is_set():
@@ -279,20 +322,27 @@ class RevocationFeed:
                     if broken.is_set():
                         break
                     if self._probe is None:
-                        await self._send_probe(publisher)
+                        self._send_probe(publisher, probes)
                     self.revocations.prune(self._wall())
                     self._watch_size()
             finally:
                 waiting.cancel()
+                probes.cancel()
+            if probes.failure is not None:
+                raise probes.failure
             raise FeedBroken("the revocation stream consumer was cancelled or its channel closed")
 
-    async def _send_probe(self, publisher: AbstractChannel) -> None:
+    def _send_probe(self, publisher: AbstractChannel, probes: _Probes) -> None:
+        """Publish a marker, confirmed, without waiting here: while the broker blocks
+        publishing, the confirm waits, and the feed goes on reading."""
         marker = uuid.uuid4().hex
         self._probe = (marker, self._clock())
-        await publish_confirmed(
-            publisher.default_exchange,
-            aio_pika.Message(b"", headers={names.HEADER_MARKER: marker}, user_id=self._user),
-            names.REVOCATION_STREAM,
+        probes.start(
+            publish_confirmed(
+                publisher.default_exchange,
+                aio_pika.Message(b"", headers={names.HEADER_MARKER: marker}, user_id=self._user),
+                names.REVOCATION_STREAM,
+            )
         )
 
     def _probe_returned(self) -> None:
@@ -374,3 +424,37 @@ class RevocationFeed:
             )
         elif self._near_full and held < 0.8 * limit:
             self._near_full = False
+
+
+class _Probes:
+    """The marker publishes of one attachment; one that fails breaks the attachment."""
+
+    def __init__(self, broken: asyncio.Event) -> None:
+        self._broken = broken
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self.failure: BaseException | None = None
+
+    def start(self, publishing: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(publishing)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._closing:
+            return
+        if task.cancelled():
+            failure: BaseException | None = FeedBroken("a marker's publish was cancelled")
+        else:
+            failure = task.exception()
+        if failure is None:
+            return
+        if self.failure is None:
+            self.failure = failure
+        self._broken.set()
+
+    def cancel(self) -> None:
+        self._closing = True
+        for task in set(self._tasks):
+            task.cancel()

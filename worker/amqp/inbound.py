@@ -93,6 +93,9 @@ class Subscriptions:
         """Queue by consumer tag, on the current transport channel."""
         self._again: set[asyncio.Task[None]] = set()
         self._paused = False
+        self._stopped = False
+        self._changing = asyncio.Lock()
+        """Held while consumers are cancelled or registered, one change at a time."""
 
     async def start(self) -> None:
         self._channel.reopen_callbacks.add(self._reopened)
@@ -101,26 +104,44 @@ class Subscriptions:
     async def pause(self) -> None:
         """Cancel every consumer, and register none again until :meth:`resume`: new jobs wait
         in their queues. Deliveries already received are still handled."""
-        if self._paused:
-            return
-        self._paused = True
-        await self._cancel_all()
+        async with self._changing:
+            if self._paused:
+                return
+            self._paused = True
+            await self._cancel_all()
 
     async def resume(self) -> None:
         """Consume again after :meth:`pause`."""
-        if not self._paused:
-            return
-        self._paused = False
+        async with self._changing:
+            if not self._paused:
+                return
+            self._paused = False
+            await self._consume_again()
+
+    async def renew(self) -> None:
+        """Cancel every consumer and register it again, unless paused or stopped. Deliveries
+        received stay unacked and are handled; the new consumers' prefetch does not count them
+        (:class:`~worker.amqp.links.CreditKeeper`)."""
+        async with self._changing:
+            if self._paused or self._stopped:
+                return
+            await self._cancel_all()
+            await self._consume_again()
+            log.info("consumers registered again", extra={"queues": list(self._callbacks)})
+
+    async def stop(self) -> None:
+        """Cancel every consumer; deliveries already received are still handled."""
+        self._stopped = True
+        self._channel.reopen_callbacks.discard(self._reopened)
+        async with self._changing:
+            await self._cancel_all()
+
+    async def _consume_again(self) -> None:
         try:
             await self._consume()
         except TRANSPORT_ERRORS as exc:
             # The channel is down: its restore registers the consumers (_reopened).
             log.info("consuming again once the channel reopens", extra={"error": describe(exc)})
-
-    async def stop(self) -> None:
-        """Cancel every consumer; deliveries already received are still handled."""
-        self._channel.reopen_callbacks.discard(self._reopened)
-        await self._cancel_all()
 
     async def _cancel_all(self) -> None:
         for task in self._again:
@@ -133,7 +154,7 @@ class Subscriptions:
                 await transport.basic_cancel(tag)
 
     async def _reopened(self, _: object) -> None:
-        if self._paused:
+        if self._paused or self._stopped:
             return
         await self._consume()
         log.info("consuming again on a reopened channel", extra={"queues": list(self._callbacks)})

@@ -18,6 +18,10 @@ from worker.settings import Settings, TracingSettings
 @click.command()
 def run() -> None:
     """Run the worker until SIGTERM or SIGINT (configured by WARDEN_* variables)."""
+    # Until the event loop takes the signals over, a stop signal ends start-up at once, with 0:
+    # nothing has been taken from the broker yet.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stopped_while_starting)
     from worker.service.runner import Worker, steady_collector
 
     settings = settings_or_exit(Settings)
@@ -49,3 +53,7 @@ def run() -> None:
         asyncio.run(serve())
     except ConfigurationError as exc:
         fail(f"configuration error: {exc}")
+
+
+def _stopped_while_starting(signum: int, frame: object) -> None:
+    raise SystemExit(0)

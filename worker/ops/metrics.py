@@ -81,6 +81,8 @@ class StateCollector(Collector):
         revocation_faults: Callable[[], int],
         revocations_untrusted: Callable[[], int],
         jwks: Callable[[], Iterator[tuple[str, int, int]]],
+        publishing_blocked: Callable[[], int],
+        waiting_on_publishing: Callable[[], int],
     ) -> None:
         self._in_flight = in_flight
         self._threads_busy = threads_busy
@@ -88,6 +90,8 @@ class StateCollector(Collector):
         self._faults = revocation_faults
         self._untrusted = revocations_untrusted
         self._jwks = jwks
+        self._blocked = publishing_blocked
+        self._waiting = waiting_on_publishing
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         """Current values."""
@@ -98,6 +102,17 @@ class StateCollector(Collector):
             "warden_action_threads_busy",
             "Threads running a blocking action now (of WARDEN_ACTION_THREADS).",
             value=self._threads_busy(),
+        )
+        yield GaugeMetricFamily(
+            "warden_publishing_blocked",
+            "1 while the broker blocks the publishing connection (a resource alarm), else 0.",
+            value=self._blocked(),
+        )
+        yield GaugeMetricFamily(
+            "warden_waiting_on_publishing",
+            "Messages whose dead letter or copy is being published now (all of them wait, "
+            "unacked, while publishing is blocked).",
+            value=self._waiting(),
         )
         yield GaugeMetricFamily(
             "warden_revocation_entries",

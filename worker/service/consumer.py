@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from worker import names
-from worker.amqp.connection import Channel
 from worker.amqp.inbound import Inbound, to_delivery
+from worker.amqp.links import Publishing
 from worker.amqp.outbound import Acker, copy_properties, requeue, send_copy, send_salvaged
 from worker.amqp.topology import retry_tier
 from worker.deadletters.seal import Seal, sealed_for
@@ -80,7 +80,7 @@ class Consumer:
         self,
         gate: Gate,
         settings: Settings,
-        publisher: Channel,
+        publishing: Publishing,
         *,
         metrics: Metrics | None = None,
         tracing: Tracing = NO_TRACING,
@@ -101,7 +101,8 @@ class Consumer:
         """Where blocking actions run."""
         self._allowed_level = logging.getLevelName(settings.log_allowed_level)
         self.settings = settings
-        self._publisher = publisher
+        self._publishing = publishing
+        self._publisher = publishing.channel
         self._now = now
         self._denials = DenialHeaders(settings.worker_id)
         self._user = settings.broker_user()
@@ -206,9 +207,18 @@ class Consumer:
     ) -> Outcome:
         """The one place that acks, dead-letters or returns a message to its queue; returns
         what was done (a dead letter the broker did not confirm becomes a :class:`Defer`)."""
+        if isinstance(outcome, Done):
+            self._acks.ack(message)
+            return outcome
+        async with self._publishing.settling():
+            return await self._settle_publishing(message, delivery, outcome, quarantined)
+
+    async def _settle_publishing(
+        self, message: Inbound, delivery: Delivery, outcome: Outcome, quarantined: bool
+    ) -> Outcome:
+        """Settle with a publish first (a dead letter, or a copy parked in a retry queue), on
+        the publishing connection: while the broker blocks it, this waits, the message unacked."""
         match outcome:
-            case Done():
-                self._acks.ack(message)
             case DeadLetter(denied):
                 self._log_denial(delivery, denied)
                 try:

@@ -7,18 +7,19 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TypeVar
 
 import httpx
 
 from worker import names
 from worker.amqp.arrival import stamping, unwitnessed
-from worker.amqp.connection import TRANSPORT_ERRORS, Connection, connect
+from worker.amqp.connection import TRANSPORT_ERRORS, Connection, connect, describe
 from worker.amqp.feed import RevocationFeed
 from worker.amqp.inbound import Subscriptions
+from worker.amqp.links import ConsumingChannel, CreditKeeper, Link, Publishing, close_bounded
 from worker.amqp.topology import declare_stream, declare_topology
 from worker.auth.keys import Keyring
 from worker.auth.revocation import RevocationList
@@ -34,8 +35,17 @@ from worker.pipeline.delivery import Delivery
 from worker.pipeline.outcomes import Outcome
 from worker.service.consumer import Consumer
 from worker.settings import Settings
+from worker.support.backoff import backoff
 
 log = logging.getLogger("warden.worker")
+
+T = TypeVar("T")
+
+DECLARE_SECONDS = 30.0
+"""How long one attempt at declaring the queues may take before it is tried again."""
+PROBE_LIMIT_SECONDS = 20.0
+"""How long finding out whether the broker stamps arrivals may take, all told."""
+_DECLARE_FAILURES: tuple[type[BaseException], ...] = (*TRANSPORT_ERRORS, TimeoutError)
 
 
 YOUNG_COLLECTION_EVERY = 50_000
@@ -76,16 +86,6 @@ def _report_unfinished(consumer: Consumer) -> None:
         )
 
 
-async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
-    """Wait until the first of ``waits`` is done; cancel the others."""
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-
-
 async def _hold_while_unreliable(feed: RevocationFeed, subscriptions: Subscriptions) -> None:
     """Take no job while the revocation list cannot be relied on: jobs wait in their queues."""
     while True:
@@ -124,6 +124,12 @@ class Worker:
     keyring: Keyring | None = None
     feed: RevocationFeed | None = None
     connection: Connection | None = None
+    """The consuming connection."""
+    consuming: Link | None = None
+    publishing: Publishing | None = None
+    """The connection copies and markers are published on."""
+    stage: str = "starting"
+    """What the worker is doing, as ``/readyz`` says while it is not consuming."""
     consumer: Consumer | None = None
     metrics: Metrics = field(default_factory=Metrics)
     http: HealthServer | None = None
@@ -144,6 +150,8 @@ class Worker:
                 revocation_faults=lambda: self.feed.faults if self.feed else 0,
                 revocations_untrusted=lambda: self.feed.untrusted if self.feed else 0,
                 jwks=lambda: iter(self.keyring.fetch_counts() if self.keyring else ()),
+                publishing_blocked=lambda: int(bool(self.publishing and self.publishing.blocked)),
+                waiting_on_publishing=lambda: self.publishing.waiting if self.publishing else 0,
             )
         )
 
@@ -151,9 +159,11 @@ class Worker:
         """What ``/readyz`` requires: each check says why it is not met, or None."""
 
         def broker() -> str | None:
-            if self.connection is None or self.connection.is_closed:
+            if self.consuming is None:
                 return "not connected to the broker"
-            return None
+            return self.consuming.why_not_ready() or (
+                self.publishing.why_not_ready() if self.publishing else None
+            )
 
         def keys() -> str | None:
             missing = self.keyring.unloaded() if self.keyring else ["every issuer"]
@@ -167,16 +177,20 @@ class Worker:
             )
 
         def consuming() -> str | None:
-            return None if self.ready.is_set() else "not consuming"
+            return None if self.ready.is_set() else f"not consuming: {self.stage}"
 
         return {"broker": broker, "keys": keys, "revocations": revocations, "consuming": consuming}
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until ``stop`` is set, then let in-flight messages finish and close."""
+        """Consume until ``stop`` is set, then let in-flight messages finish and close. ``stop``
+        is heeded at every stage: set while starting (keys, connecting, declaring, reading the
+        feed), the worker closes what it opened and returns."""
         self.http = HealthServer(self.metrics.registry, self.readiness(), self.settings.http_port)
         log.info("serving /metrics, /healthz and /readyz", extra={"port": self.http.port})
         try:
             await self._run(stop)
+        except Stopped:
+            log.info("stopped while starting", extra={"stage": self.stage})
         finally:
             self.ready.clear()
             self.http.close()
@@ -198,7 +212,8 @@ class Worker:
         allowance = self.allowance()
         async with httpx.AsyncClient(timeout=settings.jwks_timeout_seconds) as http:
             keyring = self.keyring = build_keyring(settings, http)
-            await keyring.load()
+            self.stage = "fetching the issuers' keys"
+            await unless_stopped(stop, keyring.load())
             if self.revocations is None:
                 self.revocations = RevocationList(settings.revocation_max_entries, hold=allowance)
             feed = self.feed = RevocationFeed(
@@ -221,33 +236,109 @@ class Worker:
                 else None,
                 queued_for=settings.queued_for_seconds,
             )
-            connection = self.connection = await connect(
-                url, "consuming", heartbeat=settings.heartbeat_seconds, worker_id=settings.worker_id
+            self.stage = "connecting to the broker"
+            connection = self.connection = await unless_stopped(
+                stop,
+                connect(
+                    url,
+                    "consuming",
+                    heartbeat=settings.heartbeat_seconds,
+                    worker_id=settings.worker_id,
+                ),
             )
+            self.consuming = Link(connection, "consuming")
             async with connection:
-                witnessed = await self._witnessed(connection, allowance)
-                async with asyncio.TaskGroup() as background:
-                    tasks = [background.create_task(keyring.refresh_forever())]
-                    try:
-                        await self._serve(
-                            connection, gate, feed, stop, tasks, background, witnessed=witnessed
-                        )
-                    finally:
-                        for task in tasks:
-                            task.cancel()
+                publishing = await unless_stopped(
+                    stop, Publishing.open(url, settings.worker_id, settings.heartbeat_seconds)
+                )
+                self.publishing = publishing
+                publishing.listeners.append(feed.publishing_blocked)
+                feed.markers = publishing.channel
+                try:
+                    witnessed = await self._probe_arrivals(url, allowance, stop)
+                    async with asyncio.TaskGroup() as background:
+                        tasks = [background.create_task(keyring.refresh_forever())]
+                        try:
+                            await self._serve(
+                                connection,
+                                publishing,
+                                gate,
+                                feed,
+                                stop,
+                                tasks,
+                                background,
+                                witnessed=witnessed,
+                            )
+                        finally:
+                            for task in tasks:
+                                task.cancel()
+                except* (Stopped, ConfigurationError) as group:
+                    # One cause, said in one line, not a group of one.
+                    raise group.exceptions[0] from None
+                finally:
+                    await publishing.close()
         log.info("stopped")
 
-    async def _witnessed(self, connection: Connection, allowance: float) -> bool:
+    async def _declare(
+        self, connection: Connection, stop: asyncio.Event
+    ) -> tuple[ConsumingChannel, list[str]]:
+        """Open the consuming channel and declare what the worker uses; while the broker cannot
+        (a queue without a leader or a majority, a stream without quorum, a connection closed
+        under it), say why and try again."""
+        settings = self.settings
+        channel: ConsumingChannel | None = None
+
+        async def declare() -> tuple[ConsumingChannel, list[str]]:
+            nonlocal channel
+            if channel is None:
+                channel = await connection.channel()
+                await channel.set_qos(prefetch_count=settings.prefetch)
+            queues = await declare_topology(
+                channel, settings.queues, settings.delivery_limit, settings.retry_tiers()
+            )
+            await declare_stream(channel, settings.revocation_retention)
+            return channel, list(queues)
+
+        failures = 0
+        while True:
+            try:
+                async with asyncio.timeout(DECLARE_SECONDS):
+                    return await unless_stopped(stop, declare())
+            except _DECLARE_FAILURES as exc:
+                why = describe(exc) if not isinstance(exc, TimeoutError) else "no answer"
+                self.stage = f"declaring the queues: the broker cannot yet ({why})"
+                log.warning(
+                    "could not declare the queues; trying again",
+                    extra={"error": why, "attempt": failures + 1},
+                )
+                await unless_stopped(stop, asyncio.sleep(backoff(0.5, 10.0, failures)))
+                failures += 1
+
+    async def _probe_arrivals(self, url: str, allowance: float, stop: asyncio.Event) -> bool:
         """Whether the broker witnesses arrivals (:func:`~worker.amqp.arrival.stamping`): only
-        then is a job's arrival read. A worker with an allowance refuses to start otherwise."""
-        publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        channel = await connection.channel()
+        then is a job's arrival read. A worker with an allowance refuses to start otherwise.
+
+        The probe is a publish, on a connection of its own: a broker in a resource alarm
+        blocks a connection that publishes, and then reads nothing more from it, not even the
+        probe queue's deletion; so the probe is given up after :data:`PROBE_LIMIT_SECONDS`."""
+        self.stage = "finding out whether the broker stamps arrivals"
+        settings = self.settings
+        probing = await unless_stopped(
+            stop,
+            connect(
+                url,
+                "arrival probe",
+                heartbeat=settings.heartbeat_seconds,
+                worker_id=settings.worker_id,
+            ),
+        )
         try:
-            found = await stamping(publisher, channel, self.settings.queues[0])
+            async with asyncio.timeout(PROBE_LIMIT_SECONDS):
+                found = await unless_stopped(stop, self._stamping(probing))
+        except TimeoutError:
+            found = f"did not finish the probe within {PROBE_LIMIT_SECONDS:g}s"
         finally:
-            for open_channel in (publisher, channel):
-                with contextlib.suppress(*TRANSPORT_ERRORS):
-                    await open_channel.close()
+            await close_bounded(probing)
         if found is None:
             return True
         if allowance:
@@ -259,9 +350,20 @@ class Worker:
         )
         return False
 
+    async def _stamping(self, connection: Connection) -> str | None:
+        publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        channel = await connection.channel()
+        try:
+            return await stamping(publisher, channel, self.settings.queues[0])
+        finally:
+            for open_channel in (publisher, channel):
+                with contextlib.suppress(*TRANSPORT_ERRORS):
+                    await open_channel.close()
+
     async def _serve(
         self,
         connection: Connection,
+        publishing: Publishing,
         gate: Gate,
         feed: RevocationFeed,
         stop: asyncio.Event,
@@ -271,23 +373,17 @@ class Worker:
         witnessed: bool,
     ) -> None:
         settings = self.settings
-        channel = await connection.channel()
-        await channel.set_qos(prefetch_count=settings.prefetch)
-        publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        queues = await declare_topology(
-            channel, settings.queues, settings.delivery_limit, settings.retry_tiers()
-        )
-        await declare_stream(channel, settings.revocation_retention)
+        self.stage = "declaring the queues"
+        channel, queues = await self._declare(connection, stop)
         tasks.append(background.create_task(feed.follow_forever()))
+        self.stage = "reading the revocation feed to its end"
         log.info("reading the revocation feed before taking jobs")
-        await _first(feed.caught_up.wait(), stop.wait())
-        if stop.is_set():
-            return
+        await unless_stopped(stop, feed.caught_up.wait())
 
         consumer = self.consumer = Consumer(
             gate,
             settings,
-            publisher,
+            publishing,
             metrics=self.metrics,
             tracing=self.tracing,
             on_settled=self.on_settled,
@@ -301,7 +397,18 @@ class Worker:
                 consumer.on_message, name, quarantined=True
             )
         subscriptions = Subscriptions(channel, handlers)
-        await subscriptions.start()
+        self.stage = "registering the consumers"
+        try:
+            await unless_stopped(stop, subscriptions.start())
+        except TRANSPORT_ERRORS as exc:
+            # The channel closed under it (a queue's leader moving): its restore registers them.
+            log.warning("consuming once the channel reopens", extra={"error": describe(exc)})
+        keeper = CreditKeeper(
+            publishing,
+            subscriptions.renew,
+            step=max(1, settings.prefetch // 2),
+            bound=settings.blocked_max_waiting,
+        )
         tasks.append(background.create_task(_hold_while_unreliable(feed, subscriptions)))
         log.info(
             "consuming",
@@ -312,11 +419,14 @@ class Worker:
                 "worker": settings.worker_id,
             },
         )
+        self.stage = "consuming"
         self.ready.set()
         await stop.wait()
         self.ready.clear()
+        self.stage = "stopping"
 
         log.info("stopping: no new messages; waiting for those in flight")
+        await keeper.close()
         await subscriptions.stop()
         if consumer.in_flight:
             await asyncio.wait(set(consumer.in_flight), timeout=settings.shutdown_grace_seconds)
@@ -325,6 +435,36 @@ class Worker:
             task.cancel()
         consumer.threads.close()
         await consumer.flushed()
-        for open_channel in (publisher, channel):
-            with contextlib.suppress(*TRANSPORT_ERRORS):
-                await open_channel.close()
+        # The consuming channel right after the last acks: what it still holds unacked goes
+        # back to its queue before anything else closes. (The publishing channel closes with
+        # its connection, in bounded time, the broker may be blocking it.)
+        with contextlib.suppress(*TRANSPORT_ERRORS):
+            await channel.close()
+
+
+class Stopped(Exception):
+    """The stop signal came while the worker was starting."""
+
+
+async def unless_stopped(stop: asyncio.Event, step: Awaitable[T]) -> T:
+    """What ``step`` returns; should ``stop`` be set before it is done, cancel it, wait for it
+    to end (a connection being made closes itself), and raise :class:`Stopped`."""
+    task = asyncio.ensure_future(step)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        stopping.cancel()
+    if task.done():
+        if task.cancelled():
+            # aiormq cancels what waits on a connection the broker closed.
+            raise ConnectionError("cancelled: the connection closed under it")
+        return task.result()
+    task.cancel()
+    await asyncio.wait({task})
+    if not task.cancelled():
+        task.exception()  # retrieved: the stop is what is reported
+    raise Stopped
