@@ -26,7 +26,7 @@ export COMPOSE_FILE=compose.yaml:deploy/compose/local.yaml
 logs="${WARDEN_STACK_LOGS:-$(mktemp -d /tmp/warden-stack-check.XXXXXX)}"
 mirror="${WARDEN_STANDIN_MIRROR:-http://deb.debian.org/debian}"
 images="${WARDEN_STACK_IMAGES:-auto}"
-burst=3000
+burst=10000
 NO_ENGINE=77
 started_dockerd=""
 
@@ -270,12 +270,23 @@ per_worker="$(ran scale | awk '{print $1}' | sort | uniq -c | awk '{print $1}' |
 say "   4 workers, uid 10001, healthy; jobs of a burst of 400 per worker: $per_worker"
 
 say "3. docker compose stop worker during a burst of $burst jobs"
-publish "$burst" burst >>"$logs/publish.log" 2>&1 &
+# Most of the burst first; once its jobs run, the workers are stopped (while busy with it) and
+# the rest is published: what they no longer take stays queued, however fast they are.
+first=$((burst * 4 / 5))
+publish "$first" burst >>"$logs/publish.log" 2>&1 &
 publisher=$!
 until_true 60 "the burst's first jobs ran" at_least count_ran burst 100
-stop_started=$SECONDS
-compose stop worker >>"$logs/stop.log" 2>&1 || die "docker compose stop worker failed"
-stop_took=$((SECONDS - stop_started))
+stop_started="$(date +%s)"
+{
+  compose stop worker >>"$logs/stop.log" 2>&1 || echo failed >"$logs/stop.failed"
+  echo $(($(date +%s) - stop_started)) >"$logs/stop.took"
+} &
+stopper=$!
+publish "$((burst - first))" burst >>"$logs/publish.log" 2>&1 ||
+  die "publishing the burst failed: $(tail -n 2 "$logs/publish.log")"
+wait "$stopper"
+[ ! -e "$logs/stop.failed" ] || die "docker compose stop worker failed"
+stop_took="$(cat "$logs/stop.took")"
 wait "$publisher" || die "publishing the burst failed: $(tail -n 2 "$logs/publish.log")"
 for id in $(compose ps -a -q worker); do
   code="$(docker inspect -f '{{.State.ExitCode}}' "$id")"
