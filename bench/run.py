@@ -20,6 +20,17 @@ own, with the same prefetch, bodies and headers):
   e-b     FastStream + PyJWT middleware doing the same checks, tokens as in b
   e-c     the same peer, tokens as in c-RS256
 
+How costs grow (``bench/scale.py``; each run once, and only when named in --only), e.g.
+    python -m bench.run --only feed-0,feed-1M,feed-1M-reconnects,cache-100k,queues-100
+  feed-N  N revocation events in the stream (0, 1k, 10k, 100k, 1M): ready after, peak RSS
+  feed-100k-unbatched  100k events published one per message
+  feed-1M-reconnects   the feed's connection closed three times at 1M events: events read
+          again, RSS after each, the longest a job waited
+  replicas-3x100k      three workers starting together on 100k events
+  cache-100k           100k distinct tokens cycling over a cache of 10,000: hit rate
+  queues-N             a worker serving N work queues (1, 10, 100) on a node of the run's own
+          with the installed RabbitMQ's default limits: ready after, broker queues
+
 Each round runs every scenario once, in this order, so a shared machine's noise falls on all of
 them alike. For each scenario the report takes its median round:
   - messages per second, and the ratio to (a): the median of the rounds' ratios, each to the (a)
@@ -51,10 +62,9 @@ from aio_pika.abc import DeliveryMode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import scale as scale_scenarios  # noqa: E402
 from tests.support.issuer import Issuer, JwksServer, SigningKey  # noqa: E402
 from worker.amqp.topology import declare_topology  # noqa: E402
-from worker.names import retry_queue  # noqa: E402
-from worker.settings import Settings  # noqa: E402
 
 SCENARIOS = ("a", "a-relay", "b", "c-RS256", "c-ES256", "c-EdDSA", "d", "e-b", "e-c")
 EXTRA = ("d-undecided", "b-blocked")
@@ -120,8 +130,7 @@ async def drop(url: str, queue: str) -> None:
     connection = await aio_pika.connect(url)
     async with connection:
         channel = await connection.channel()
-        tiers = Settings(issuer="-", audience="-").retry_tiers()  # what the worker declared
-        for name in (queue, f"{queue}.dlq", *(retry_queue(queue, ttl) for ttl in tiers)):
+        for name in (queue, f"{queue}.dlq"):
             await channel.queue_delete(name)
 
 
@@ -186,6 +195,12 @@ def main() -> None:
     options = parser.parse_args()
     wanted = options.only.split(",")
     n = options.messages
+    scale = [name for name in wanted if name in scale_scenarios.SCALE]
+    wanted = [name for name in wanted if name not in scale_scenarios.SCALE]
+    scaled = scale_scenarios.run(scale, options.broker_url) if scale else {}
+    if not wanted:
+        report({}, n, options.prefetch, scaled)
+        return
 
     with_server = JwksServer()
     with_server.start()
@@ -244,7 +259,7 @@ def main() -> None:
             print(f"round {round_} {name}: {result['rate']:.0f} msg/s", file=sys.stderr)
     with_server.stop()
 
-    report(rounds, n, options.prefetch)
+    report(rounds, n, options.prefetch, scaled)
 
 
 def median(values: list[float]) -> float:
@@ -257,9 +272,15 @@ def ratios(runs: list[dict[str, Any]], of: list[dict[str, Any]]) -> list[float]:
     return [x["rate"] / y["rate"] for x, y in zip(reversed(runs), reversed(of), strict=False)][::-1]
 
 
-def report(rounds: dict[str, list[dict[str, Any]]], n: int, prefetch: int) -> None:
+def report(  # noqa: C901
+    rounds: dict[str, list[dict[str, Any]]],
+    n: int,
+    prefetch: int,
+    scaled: dict[str, Any] | None = None,
+) -> None:
     """Each scenario's median round; its ratio to (a) is the median of the ratios of the rounds
-    (each measured side by side with that round's (a)); the JSON file; the table."""
+    (each measured side by side with that round's (a)); the JSON file; the table. Then the
+    scale scenarios (``bench/scale.py``), each figure with its growth."""
     base = rounds.get("a", [])
     results: dict[str, dict[str, Any]] = {}
     for name, runs in rounds.items():
@@ -273,8 +294,9 @@ def report(rounds: dict[str, list[dict[str, Any]]], n: int, prefetch: int) -> No
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "messages": n,
         "prefetch": prefetch,
-        "rounds": max(len(runs) for runs in rounds.values()),
+        "rounds": max((len(runs) for runs in rounds.values()), default=0),
         "results": results,
+        "scale": scaled or {},
     }
     if "b" in results and "b-x4" in results:
         summary["rss_growth_b_to_b_x4"] = (
@@ -296,10 +318,13 @@ def report(rounds: dict[str, list[dict[str, Any]]], n: int, prefetch: int) -> No
     path = out / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     path.write_text(json.dumps(summary, indent=2))
 
-    print(
-        f"{'scenario':11} {'msg/s':>8} {'vs a':>6} {'(range)':>11} {'p50 µs':>7} {'p99 µs':>7}"
-        f" {'RSS MB':>7} {'CPU µs/msg':>11} {'broker':>7}"
-    )
+    for line in scale_scenarios.report(scaled or {}):
+        print(line)
+    if results:
+        print(
+            f"{'scenario':11} {'msg/s':>8} {'vs a':>6} {'(range)':>11} {'p50 µs':>7}"
+            f" {'p99 µs':>7} {'RSS MB':>7} {'CPU µs/msg':>11} {'broker':>7}"
+        )
     for name, r in results.items():
         p50, p99 = r["decision_p50_us"], r["decision_p99_us"]
         spread = r["ratios_to_a"]

@@ -144,10 +144,10 @@ dlq_stats() {
   compose run --rm -T operator warden dlq stats jobs --json 2>>"$logs/operator.log"
 }
 
-# Messages waiting in the work queue and its retry queues.
+# Messages waiting in the work queue and the retry queues (shared by every work queue; the stack has one).
 queued() {
   compose exec -T rabbitmq rabbitmqctl -q list_queues name messages 2>>"$logs/rabbitmqctl.log" |
-    awk '$1 == "jobs" || $1 ~ /^jobs\.retry\./ {n += $2} END {print n + 0}'
+    awk '$1 == "jobs" || $1 ~ /^warden\.retry\./ {n += $2} END {print n + 0}'
 }
 
 publish() { # publish COUNT REPORT: as the demo's publisher, with a token from the issuer

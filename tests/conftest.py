@@ -200,13 +200,15 @@ async def start_worker(
         url = overrides.pop("broker_url", broker_url)
         settings = worker_settings(url, jwks, issuer, queue_name, **overrides)
         for queue in settings.queues:
-            rabbit.forget_later(queue, settings.retry_tiers())
+            rabbit.forget_later(queue)
         worker = Worker(settings, registry, revocations=revocations, tracing=tracing)
         handle = Running(worker)
         running.append(handle)
         task = handle.task
         ready = asyncio.create_task(worker.ready.wait())
-        done, _ = await asyncio.wait({ready, task}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+        # Bounded, not timed: a worker on a new virtual host declares a stream, which a loaded
+        # RabbitMQ 4 can take many seconds to start.
+        done, _ = await asyncio.wait({ready, task}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
             ready.cancel()
             task.result()

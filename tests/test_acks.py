@@ -65,3 +65,21 @@ async def test_a_lingering_ack_leaves_without_any_further_message(
     second = await rabbit.job(queue_name, "reports.read", token)
     jobs = await ran.wait_for(2, timeout=30)
     assert [j.id for j in jobs] == [first, second]
+
+
+async def test_a_job_cut_short_by_the_stop_goes_back_though_later_acks_were_waiting(
+    start_worker: Any, rabbit: Rabbit, issuer: Issuer, queue_name: str
+) -> None:
+    # The acks of the quick jobs linger (a batch is four); the slow job is cancelled when the
+    # grace ends. Its delivery sits below theirs: one ack covering them all would settle it
+    # unrun.
+    handle = await start_worker(prefetch=16, ack_linger_ms=1000, shutdown_grace_seconds=0.2)
+    token = issuer.token()
+    slow = await rabbit.job(queue_name, "gated.run", token)
+    await ran.entered.wait()
+    quick = [await rabbit.job(queue_name, "reports.read", token) for _ in range(3)]
+    assert [j.id for j in await ran.wait_for(3)] == quick
+
+    await handle.stop()
+    left = await rabbit.get_all(queue_name)
+    assert [m.message_id for m in left] == [slow], "the job cut short was acked"

@@ -69,7 +69,7 @@ async def test_allowed_jobs_run_through_an_alarm_and_denied_ones_are_dead_letter
         # Were the time blocked counted as staleness, jobs would stop within the alarm.
         revocation_max_staleness=STALENESS,
     )
-    node_rabbit.forget_later(queue, settings.retry_tiers())
+    node_rabbit.forget_later(queue)
     running = Running(Worker(settings, REGISTRY))
     try:
         await asyncio.wait_for(running.worker.ready.wait(), 30)
@@ -153,7 +153,7 @@ async def test_stopped_during_an_alarm_the_worker_returns_the_waiting_jobs_to_th
         prefetch=PREFETCH,
         shutdown_grace_seconds=grace,
     )
-    node_rabbit.forget_later(queue, settings.retry_tiers())
+    node_rabbit.forget_later(queue)
     running = Running(Worker(settings, REGISTRY))
     try:
         await asyncio.wait_for(running.worker.ready.wait(), 30)
@@ -204,7 +204,7 @@ async def test_past_blocked_max_waiting_no_more_jobs_are_taken_until_the_alarm_e
     settings = worker_settings(
         standalone_node.url, jwks, issuer, queue, prefetch=prefetch, blocked_max_waiting=bound
     )
-    node_rabbit.forget_later(queue, settings.retry_tiers())
+    node_rabbit.forget_later(queue)
     running = Running(Worker(settings, REGISTRY))
     try:
         await asyncio.wait_for(running.worker.ready.wait(), 30)

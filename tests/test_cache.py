@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import jwt
@@ -10,7 +11,7 @@ from tests.support.decision import REGISTRY, MemoryKeys, delivery
 from tests.support.issuer import Issuer, JwksServer, SigningKey
 from worker.auth.revocation import Revocation, RevocationList
 from worker.auth.setup import build_trust
-from worker.auth.verified import VerifiedTokens
+from worker.auth.verified import Entry, VerifiedTokens
 from worker.pipeline.decision import Allowed, Denied, Gate
 from worker.settings import Settings
 
@@ -98,3 +99,55 @@ async def test_a_cache_hit_still_checks_the_action_and_its_scopes(
         "scope_insufficient"
     )
     assert _reason(await gate.decide(delivery(token, action="reports.nope"))) == "action_unknown"
+
+
+async def _one_entry(issuer: Issuer) -> tuple[VerifiedTokens, Entry]:
+    """A real verified-token entry (what the gate remembers), to fill a cache with."""
+    seed = VerifiedTokens()
+    settings = Settings(issuer=issuer.url, audience=issuer.audience)
+    gate = Gate(build_trust(settings), MemoryKeys(issuer), REGISTRY, cache=seed)
+    assert _reason(await gate.decide(delivery(issuer.token()))) == "allowed"
+    (digest,) = list(seed)
+    entry = seed.get(digest)
+    assert entry is not None
+    return seed, entry
+
+
+async def test_more_tokens_cycling_than_the_cache_holds_still_hit_its_share(
+    jwks: JwksServer, issuer: Issuer
+) -> None:
+    _, entry = await _one_entry(issuer)
+    cache = VerifiedTokens(max_entries=100)
+    digests = [hashlib.sha256(str(i).encode()).digest() for i in range(1000)]
+    rounds = []
+    for _ in range(4):
+        hits = 0
+        for digest in digests:
+            if cache.get(digest, 0.0) is not None:
+                hits += 1
+            else:
+                cache.remember(digest, entry)
+        rounds.append(hits / len(digests))
+    # Least-recently-used alone evicts every token before it comes again: no hit at all.
+    assert rounds[0] == 0
+    assert all(rate >= 0.09 for rate in rounds[1:]), rounds
+    assert len(cache) == 100
+
+
+async def test_a_token_asked_for_more_often_takes_the_place_of_the_least_recent_one(
+    jwks: JwksServer, issuer: Issuer
+) -> None:
+    _, entry = await _one_entry(issuer)
+    cache = VerifiedTokens(max_entries=3)
+    for name in (b"a", b"b", b"c"):
+        assert cache.get(name, 0.0) is None
+        cache.remember(name, entry)
+    assert cache.get(b"d", 0.0) is None
+    cache.remember(b"d", entry)
+    assert b"d" not in list(cache)  # asked for no more often than those held: not admitted
+    for _ in range(2):
+        assert cache.get(b"d", 0.0) is None
+        cache.remember(b"d", entry)
+    # Asked for more often than the least recently used one: that one went.
+    assert list(cache) == [b"b", b"c", b"d"]
+    assert cache.get(b"d", 0.0) is entry

@@ -89,13 +89,16 @@ def moved_to(record: dict[str, Any], node: Node) -> bool:
 
 
 async def runs_a_new_job(setup: Setup, issuer: Issuer, timeout: float) -> float:
-    """Publish one job through c1 and wait until it ran; how long that took."""
+    """Publish one job through c1 and wait until it ran; how long that took. A job that ran
+    before may be reported again first: one whose ack had not left when its node was lost runs
+    again (delivery is at least once)."""
     started = time.monotonic()
     [job] = await publish_jobs(
         setup.rabbit.url, setup.queue, "work.slow", {}, issuer.token(scope="work")
     )
-    [ran] = await setup.rabbit.take(setup.ran, 1, timeout=timeout)
-    assert ran.body.decode() == job
+    async with asyncio.timeout(timeout):
+        while (await setup.rabbit.take(setup.ran, 1, timeout=timeout))[0].body.decode() != job:
+            pass
     return time.monotonic() - started
 
 

@@ -83,11 +83,9 @@ class Demo:
 
 @pytest.fixture
 def demo(broker_url: str, rabbit: Rabbit, tmp_path: Path) -> Demo:
-    from worker.settings import Settings
-
     assert WARDEN is not None
     queue = f"t-demo-{uuid.uuid4().hex[:8]}"
-    rabbit.forget_later(queue, Settings(issuer="x", audience="x").retry_tiers())
+    rabbit.forget_later(queue)
     home = tmp_path / "home"
     home.mkdir()
     return Demo(queue, home, environment(broker_url, home))

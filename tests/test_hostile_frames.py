@@ -309,8 +309,6 @@ async def test_hostile_content_headers_neither_stop_a_worker_nor_its_tools(
 
     # Nothing else: no job waiting, nothing handled twice, no fault of warden's own.
     assert await rabbit.depth(queue_name) == 0
-    for ttl in worker.settings.retry_tiers():
-        assert await rabbit.depth(names.retry_queue(queue_name, ttl)) == 0
     assert await rabbit.depth(names.dead_letter_queue(queue_name)) == len(expected)
     assert not [r for r in logwatch.records if r.getMessage() == "handling failed"]
     assert worker.connection.transport.connection is transport

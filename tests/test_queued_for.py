@@ -125,9 +125,9 @@ def test_revocations_are_held_past_their_expiry_for_the_largest_allowance() -> N
     held = RevocationList(hold=HOUR)
     event = Revocation("jti", "j1", ISSUER.url, None, now + 10)
     assert held.add(event, now)
-    held.prune(now + 60)
+    held.prune(now + 10 + HOUR - 1)
     assert len(held) == 1, "forgotten while a job within the allowance may still carry it"
-    held.prune(now + 10 + HOUR)
+    held.prune(now + 10 + HOUR + 1)  # an entry ends at its expiry rounded up to the second
     assert len(held) == 0
     assert not RevocationList(hold=HOUR).add(
         Revocation("jti", "j2", ISSUER.url, None, now - HOUR - 1), now
@@ -156,6 +156,15 @@ def test_start_up_refuses_an_allowance_a_revocation_would_not_outlast(
         worker.allowance()
     longer = Settings(issuer=ISSUER.url, audience="a", revocation_retention="3D")
     assert Worker(longer, Registry.of(two_days)).allowance() == 2 * 86400
+
+
+def test_a_worker_with_an_allowance_starts_reading_revocations_that_much_further_back() -> None:
+    # A job may run on a token up to the allowance past its exp: a revocation written while the
+    # token was new must still be read by a worker that starts then.
+    settings = Settings(issuer=ISSUER.url, audience="a", revocation_retention="3D")
+    lifetime = settings.max_token_lifetime_seconds + settings.leeway_seconds
+    assert settings.revocation_window() >= lifetime
+    assert settings.revocation_window(2 * 86400) >= lifetime + 2 * 86400
 
 
 @pytest.mark.parametrize(

@@ -87,7 +87,7 @@ async def test_two_of_three_nodes_down_a_new_replica_waits_and_is_ready_when_one
     # A replica that runs before the outage declared the queues and the revocation stream.
     first = await running_on(c1.url, queue)
     async with Rabbit(c1.url) as rabbit:
-        rabbit.forget_later(queue, first.worker.settings.retry_tiers())
+        rabbit.forget_later(queue)
 
     await asyncio.gather(c2.stop_app(), c3.stop_app())
     async with worker_processes() as start:

@@ -9,6 +9,7 @@ what the events it holds cover, for as long as they hold. Time is plain POSIX fl
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -22,7 +23,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 
 from tests.support.schemas import Validator, ecma_anchors
 from worker import errors
-from worker.auth.revocation import _RFC3339, Revocation, RevocationList
+from worker.auth.revocation import _RFC3339, Revocation, RevocationList, entry_key
 from worker.errors import InvalidEvent
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "revocation.schema.json"
@@ -615,8 +616,8 @@ def _reference(events: list[Revocation], now: float) -> dict[Any, tuple[float | 
     for event in events:
         if event.expires_at <= now:
             continue
-        key = (event.subject, event.issuer, event.value)
-        before, expires = event.issued_before, event.expires_at
+        key = entry_key(event.subject, event.issuer, event.value)
+        before, expires = event.issued_before, float(math.ceil(event.expires_at))
         if key in model:
             old_before, old_expires = model[key]
             before = None if before is None else max(before, old_before or before)

@@ -193,10 +193,10 @@ class StallingFeed(RevocationFeed):
 
     stalled = False
 
-    async def _on_message(self, message: Any, **kw: Any) -> None:
+    def take(self, *args: Any) -> None:
         if self.stalled:
             return
-        await super()._on_message(message, **kw)
+        super().take(*args)
 
 
 async def test_a_feed_that_stops_advancing_turns_stale_within_the_budget(

@@ -267,6 +267,10 @@ class FetchError(Transient):
     """A metadata or JWKS document could not be had or was not usable."""
 
 
+class BrokerUnresponsive(Transient, TimeoutError):
+    """The broker accepted a connection and did not complete the AMQP handshake in time."""
+
+
 class FeedBroken(Transient):
     """The revocation stream's consumer was cancelled, its channel closed, or an event could not
     be applied."""
@@ -274,6 +278,10 @@ class FeedBroken(Transient):
 
 class PublishFailed(Transient):
     """The broker did not confirm a publish (a dead letter, a requeued copy, a job)."""
+
+
+class Unroutable(PublishFailed):
+    """The broker returned a publish: no queue is bound where it went."""
 
 
 class JobRefused(WardenError):

@@ -10,6 +10,10 @@ REVOKE_EXCHANGE = "warden.revoke"
 """Revocation events enter here (fanout), bound to the stream only."""
 QUARANTINE_EXCHANGE = "warden.quarantine"
 """Where the broker dead-letters a work queue's messages (direct, routing key: the queue)."""
+QUARANTINE_QUEUE = "warden.quarantine"
+"""The one queue, for every work queue of a virtual host, that holds what the broker
+dead-lettered (bound to :data:`QUARANTINE_EXCHANGE` with each work queue's name), until warden
+has written it into that work queue's dead-letter queue without its token."""
 REVOCATION_STREAM = "warden.revocations"
 
 HEADER_AUTHORIZATION = "authorization"
@@ -56,11 +60,11 @@ ACCESS_TOKEN_TYPES = ("at+jwt", "application/at+jwt")
 """``typ`` values of an RFC 9068 access token (section 4), lower case."""
 
 
-def stamp_probe_queue(queue: str, nonce: int) -> str:
+def stamp_probe_queue(nonce: int) -> str:
     """Name of the private queue a worker proves the broker's arrival stamp with: named like a
-    retry queue of ``queue`` (so that the worker's permissions cover it), with a leading zero
-    no retry queue's TTL has (:func:`retry_queue`)."""
-    return f"{queue}.retry.0{nonce}ms"
+    shared retry queue (so that the worker role's permissions cover it), with a leading zero no
+    retry queue's TTL has (:func:`retry_queue`), so it is never one of them."""
+    return f"warden.retry.0{nonce}ms"
 
 
 def dead_letter_queue(queue: str) -> str:
@@ -73,15 +77,27 @@ def dead_letter_binding(queue: str) -> str:
     return f"*.{queue}"
 
 
-def quarantine_queue(queue: str) -> str:
-    """Name of the queue that holds what the broker dead-lettered from ``queue``, until warden
-    has written it into the dead-letter queue without its token."""
+def former_quarantine_queue(queue: str) -> str:
+    """The quarantine queue of ``queue`` alone that earlier versions declared; a worker that
+    finds one unbinds it and empties it (:func:`~worker.amqp.topology.declare_topology`)."""
     return f"{queue}.quarantine"
 
 
-def retry_queue(queue: str, ttl_ms: int) -> str:
-    """Name of the queue that holds ``queue``'s messages waiting up to ``ttl_ms``."""
-    return f"{queue}.retry.{ttl_ms}ms"
+RETRY_EXCHANGE = "warden.retry"
+"""Where warden parks its retry and wait copies (headers): each copy goes to the shared retry
+queue its ``warden-wait-ms`` names, and from there back through ``warden.jobs`` to the queue
+it was published for (its routing key)."""
+
+HEADER_WAIT = "warden-wait-ms"
+"""On warden's retry or wait copy: the retry queue it waits in, by its TTL in ms. Not ``x-``:
+RabbitMQ's headers exchange ignores headers of that prefix; a string, as the binding's value
+(the broker matches by type too). A publisher's own is overwritten on every copy."""
+
+
+def retry_queue(ttl_ms: int) -> str:
+    """Name of the retry queue, shared by every work queue of a virtual host, that holds copies
+    waiting up to ``ttl_ms``."""
+    return f"warden.retry.{ttl_ms}ms"
 
 
 def dead_letter_routing_key(reason: str, queue: str) -> str:

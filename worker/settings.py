@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import os
 import re
 import socket
@@ -301,6 +302,9 @@ class BrokerSettings(BaseSettings):
     """256 bits, base64url: seals the token of a job refused only for time into its dead
     letter, so that a replay runs it as its publisher (``docs/dead-letters.md``)."""
     queues: Annotated[tuple[str, ...], NoDecode] = ("jobs",)
+    broker_handshake_timeout_seconds: Annotated[float, Field(gt=0)] | None = None
+    """How long a connection may wait for one address to complete the AMQP handshake; unset,
+    the heartbeat, at least 5 s."""
 
     @field_validator("queues", "trusted_users", mode="before")
     @classmethod
@@ -350,6 +354,14 @@ class BrokerSettings(BaseSettings):
         """How long a revocation must hold to outlast every token it can name: the longest token
         lifetime, plus the leeway by which an expired token is still accepted."""
         return self.max_token_lifetime_seconds + self.leeway_seconds
+
+    def revocation_window(self, allowance: float = 0) -> int:
+        """How far back an event can still deny a token: a cut-off is never later than its
+        event, a token lives at most ``max_token_lifetime_seconds`` and is accepted up to the
+        leeway past its ``exp``, or up to ``allowance`` (the largest queueing allowance) past it
+        for a job that waited; one more leeway allows for the broker's clock. The feed starts
+        reading the stream that long ago."""
+        return self.max_token_lifetime_seconds + 2 * self.leeway_seconds + math.ceil(allowance)
 
     def broker_user(self) -> str:
         """The user warden connects as (what RabbitMQ puts in the ``user_id`` it validates)."""

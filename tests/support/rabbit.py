@@ -34,12 +34,10 @@ class Rabbit:
             await channel.queue_delete(name)
         await self.connection.close()
 
-    def forget_later(self, queue: str, retry_tiers: tuple[int, ...] = ()) -> None:
-        """Delete ``queue``, its dead-letter, quarantine and retry queues when the test ends."""
-        self._to_delete.update(
-            (queue, names.dead_letter_queue(queue), names.quarantine_queue(queue))
-        )
-        self._to_delete.update(names.retry_queue(queue, ttl) for ttl in retry_tiers)
+    def forget_later(self, queue: str) -> None:
+        """Delete ``queue`` and its dead-letter queue when the test ends (the retry and
+        quarantine queues are shared by every work queue, and stay)."""
+        self._to_delete.update((queue, names.dead_letter_queue(queue)))
 
     async def publish(
         self,
@@ -132,7 +130,7 @@ class Rabbit:
         before any worker runs."""
         from worker.amqp.topology import declare_topology
 
-        self.forget_later(queue, retry_tiers)
+        self.forget_later(queue)
         channel = await self.connection.channel()
         await declare_topology(channel, (queue,), delivery_limit, retry_tiers)
         await channel.close()
@@ -146,12 +144,15 @@ class Rabbit:
         finally:
             await channel.close()
 
-    async def until_depth(self, queue: str, count: int, timeout: float = 15.0) -> None:
-        """Return once ``queue`` holds ``count`` ready messages. The broker is another process
-        with no event to wait on: it is asked, every 50 ms, until it says so."""
+    async def until_depth(
+        self, queue: str, count: int, timeout: float = 15.0, *, at_least: bool = False
+    ) -> None:
+        """Return once ``queue`` holds ``count`` ready messages (or more, ``at_least``). The
+        broker is another process with no event to wait on: it is asked, every 50 ms."""
         async with asyncio.timeout(timeout):
             while True:
-                if await self.depth(queue) == count:
+                depth = await self.depth(queue)
+                if depth == count or (at_least and depth > count):
                     return
                 await asyncio.sleep(0.05)
 

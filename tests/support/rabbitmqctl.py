@@ -58,6 +58,23 @@ async def close_connection_named(name: str) -> None:
     await _rabbitmqctl("close_connection", pids[0], "closed by a test")
 
 
+async def close_connections_of_vhost(broker_url: str, name: str) -> int:
+    """Have the broker close every connection called ``name`` in the virtual host of
+    ``broker_url`` (a test's own); return how many it closed."""
+    vhost = unquote(urlsplit(broker_url).path[1:]) or "/"
+    listing = await _rabbitmqctl(
+        "list_connections", "--no-table-headers", "pid", "vhost", "client_properties"
+    )
+    pids = [
+        line.split("\t", 2)[0]
+        for line in listing.splitlines()
+        if line.split("\t", 2)[1:2] == [vhost] and f'"{name}"' in line
+    ]
+    for pid in pids:
+        await _rabbitmqctl("close_connection", pid, "closed by a test")
+    return len(pids)
+
+
 @contextlib.asynccontextmanager
 async def scratch_vhost(broker_url: str) -> AsyncIterator[str]:
     """A virtual host of the test's own on the shared broker, with the URL's user allowed

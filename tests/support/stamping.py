@@ -31,7 +31,7 @@ async def broker_stamps(url: str) -> tuple[bool, str]:
         version = version.decode() if isinstance(version, bytes) else str(version)
         publisher = await connection.channel(publisher_confirms=True)
         channel = await connection.channel()
-        return await stamping(publisher, channel, "t-stamp") is None, version
+        return await stamping(publisher, channel) is None, version
     finally:
         await connection.close()
 

@@ -31,16 +31,14 @@ FORGED_MS = 1_000_000_000_000
 PROBE_SECONDS = 10.0
 
 
-async def stamping(
-    publisher: AbstractChannel, channel: AbstractChannel, queue_name: str
-) -> str | None:
+async def stamping(publisher: AbstractChannel, channel: AbstractChannel) -> str | None:
     """Publish a message with a forged ``timestamp_in_ms`` (on ``publisher``, a channel with
-    confirms) to a private, exclusive queue named after the work queue ``queue_name`` and read
+    confirms) to a private, exclusive queue (:func:`~worker.names.stamp_probe_queue`) and read
     it back (on ``channel``). None where the broker replaced the forged stamp with its own;
     otherwise what it did instead."""
     try:
         queue = await channel.declare_queue(
-            names.stamp_probe_queue(queue_name, secrets.randbelow(10**15)),
+            names.stamp_probe_queue(secrets.randbelow(10**15)),
             exclusive=True,
             auto_delete=True,
         )

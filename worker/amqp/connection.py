@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import aio_pika
@@ -22,6 +22,7 @@ from aio_pika.robust_channel import RobustChannel
 from aio_pika.robust_connection import RobustConnection
 from yarl import URL
 
+from worker.errors import BrokerUnresponsive
 from worker.settings import DEFAULT_HEARTBEAT_SECONDS, broker_addresses
 from worker.support.backoff import backoff
 
@@ -96,10 +97,41 @@ def shown(url: URL) -> str:
     return str(url.with_password("******") if url.password else url)
 
 
-def connect_timeout(heartbeat: int) -> float:
-    """How long one address may take to answer a handshake before the next is tried: a frozen
-    node accepts the TCP connection and never answers."""
+def connect_timeout(heartbeat: int, handshake_timeout: float | None = None) -> float:
+    """How long one address may take to answer a handshake before the next is tried
+    (``WARDEN_BROKER_HANDSHAKE_TIMEOUT_SECONDS``; unset, the heartbeat, at least 5 s): a frozen
+    node, or one out of file handles, accepts the TCP connection and never answers."""
+    if handshake_timeout is not None:
+        return handshake_timeout
     return float(max(heartbeat, 5))
+
+
+HANDSHAKE_NOTICE = 2.0
+"""After this many seconds without the broker completing the handshake, a connection says it
+waits."""
+
+
+@asynccontextmanager
+async def handshake(name: str, seconds: float) -> AsyncIterator[None]:
+    """Bound the handshake of the connection called ``name`` by ``seconds``: a warning
+    once it has waited :data:`HANDSHAKE_NOTICE` seconds (half the bound, if less), and
+    :class:`~worker.errors.BrokerUnresponsive` when the broker has not answered by then."""
+    notice = asyncio.get_running_loop().call_later(
+        min(HANDSHAKE_NOTICE, seconds / 2),
+        lambda: log.warning(
+            "waiting for the broker to complete the handshake",
+            extra={"connection": name, "timeout": seconds},
+        ),
+    )
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError:
+        raise BrokerUnresponsive(
+            f"the broker did not complete the handshake of {name!r} within {seconds:g}s"
+        ) from None
+    finally:
+        notice.cancel()
 
 
 def _is_stream(queue: Any) -> bool:
@@ -202,12 +234,14 @@ async def connect(
     *,
     heartbeat: int = DEFAULT_HEARTBEAT_SECONDS,
     worker_id: str | None = None,
+    handshake_timeout: float | None = None,
 ) -> Connection:
     """A connection named for its ``purpose`` (``consuming``, ``publishing``...) to the first
     address of ``url`` that answers, trying them in turn with backoff until one does; it
     reconnects by itself, to the next address each time (:class:`FailoverConnection`)."""
     urls = addresses(url, heartbeat)
     name = f"warden {purpose}" + (f" {worker_id}" if worker_id else "")
+    timeout = connect_timeout(heartbeat, handshake_timeout)
     failures = 0
     while True:
         for start, address in enumerate(urls):
@@ -219,7 +253,8 @@ async def connect(
                 reconnect_interval=RECONNECT_SECONDS,
             )
             try:
-                await connection.connect(timeout=connect_timeout(heartbeat))
+                async with handshake(name, timeout):
+                    await connection.connect(timeout=timeout)
             except asyncio.CancelledError:
                 # A stop signal while connecting: the task of reconnecting outlives a
                 # cancellation, and would keep the process from ending.
@@ -249,20 +284,22 @@ async def connect(
 async def open_connection(
     url: str | Sequence[str | URL],
     name: str,
+    handshake_timeout: float | None = None,
     *,
     heartbeat: int = DEFAULT_HEARTBEAT_SECONDS,
 ) -> AbstractConnection:
     """A plain connection (no reconnecting) called ``name`` to the first address of ``url``
-    that answers; the error of the last one when none does."""
+    that answers, each handshake bounded as :func:`connect_timeout` says; the error of the last
+    one when none does."""
     urls = addresses(url, heartbeat)
+    timeout = connect_timeout(heartbeat, handshake_timeout)
     error: BaseException | None = None
     for address in urls:
         try:
-            return await aio_pika.connect(
-                address,
-                client_properties={"connection_name": name},
-                timeout=connect_timeout(heartbeat),
-            )
+            async with handshake(name, timeout):
+                return await aio_pika.connect(
+                    address, client_properties={"connection_name": name}, timeout=timeout
+                )
         except UNREACHABLE as exc:
             error = exc
             if len(urls) > 1:

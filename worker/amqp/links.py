@@ -144,8 +144,20 @@ class Publishing(Link):
         self.on_waiting: Callable[[int], None] | None = None
 
     @classmethod
-    async def open(cls, url: str | Sequence[str], worker_id: str, heartbeat: int) -> Publishing:
-        connection = await connect(url, "publishing", heartbeat=heartbeat, worker_id=worker_id)
+    async def open(
+        cls,
+        url: str | Sequence[str],
+        worker_id: str,
+        heartbeat: int,
+        handshake_timeout: float | None = None,
+    ) -> Publishing:
+        connection = await connect(
+            url,
+            "publishing",
+            heartbeat=heartbeat,
+            worker_id=worker_id,
+            handshake_timeout=handshake_timeout,
+        )
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         except BaseException:

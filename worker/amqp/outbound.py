@@ -47,7 +47,7 @@ from pamqp import encode
 
 from worker.amqp.connection import TRANSPORT_ERRORS, describe
 from worker.amqp.inbound import Inbound
-from worker.errors import PublishFailed, TableNotEncodable
+from worker.errors import PublishFailed, TableNotEncodable, Unroutable
 
 log = logging.getLogger("warden.consumer")
 
@@ -60,6 +60,10 @@ a table nested deeper than Python's recursion allows."""
 
 
 # --- acks --------------------------------------------------------------------------------------
+
+
+_ABANDONED: Any = object()
+"""In :attr:`Acker._open`, a delivery whose handling was cancelled: never to be acked."""
 
 
 class Acker:
@@ -77,7 +81,8 @@ class Acker:
         """Acks given since the last send."""
         self._channel: Any = None
         self._open: dict[int, Inbound | None] = {}
-        """Unsettled tags in delivery order; the message once acked and waiting for the flush."""
+        """Unsettled tags in delivery order; the message once acked and waiting for the flush
+        (or :data:`_ABANDONED`)."""
         self._flush: asyncio.Handle | None = None
         self._sending: set[asyncio.Task[None]] = set()
 
@@ -98,10 +103,11 @@ class Acker:
         )
 
     def abandon(self, message: Inbound) -> None:
-        """Handling ended without settling (cancelled): stop tracking a delivery never acked,
-        so it cannot hold back the acks after it; the broker delivers it again."""
+        """Handling ended without settling (cancelled): the delivery stays unacked, and the
+        broker delivers it again once the channel closes. Its tag stays as a bound no
+        ``multiple`` ack may cross; the acks after it go out on their own."""
         if self.unsettled(message):
-            self.settled_otherwise(message)
+            self._open[message.delivery_tag] = _ABANDONED
 
     def settled_otherwise(self, message: Inbound) -> None:
         """The delivery was settled without an ack (a nack): stop tracking it."""
@@ -141,7 +147,7 @@ class Acker:
         beyond: list[Inbound] = []
         blocked = False  # past the first delivery still being handled
         for tag, acked in self._open.items():
-            if acked is None:
+            if acked is None or acked is _ABANDONED:
                 blocked = True
             elif blocked:
                 beyond.append(acked)
@@ -180,6 +186,12 @@ async def ack_each(messages: list[Inbound]) -> None:
 async def requeue(message: Inbound) -> None:
     """Return the message to its queue (this counts against the delivery limit)."""
     await _settle(message, "nack", message.nack(requeue=True))
+
+
+async def settle_rejected(message: Inbound) -> None:
+    """Reject the message for good: the broker drops it (or dead-letters it, where its queue
+    says so)."""
+    await _settle(message, "reject", message.nack(requeue=False))
 
 
 async def _settle(message: Inbound, what: str, settling: Coroutine[Any, Any, None]) -> None:
@@ -479,8 +491,9 @@ async def _confirmed(where: str, publishing: Awaitable[Any]) -> None:
     except aiormq.exceptions.DeliveryError as exc:
         frame = exc.frame
         returned = frame is None or isinstance(frame, aiormq.spec.Basic.Return)
-        why = "returned as unroutable" if returned else type(frame).__name__
-        raise PublishFailed(f"{where}: {why}") from None
+        if returned:
+            raise Unroutable(f"{where}: returned as unroutable") from None
+        raise PublishFailed(f"{where}: {type(frame).__name__}") from None
     except TRANSPORT_ERRORS as exc:
         raise PublishFailed(f"{where}: {describe(exc)}") from None
     if not isinstance(confirmation, aiormq.spec.Basic.Ack):

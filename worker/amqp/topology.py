@@ -2,10 +2,16 @@
 
 - ``warden.jobs`` (direct): jobs enter here; each work queue is bound with its own name;
 - each work queue, quorum, whose messages the broker dead-letters (the delivery limit) to
-  ``warden.quarantine`` (direct) and so to ``<queue>.quarantine``, which only warden reads;
+  ``warden.quarantine`` (direct, routing key: the work queue) and so to the queue
+  ``warden.quarantine``, one for every work queue, which only warden reads;
 - ``warden.dlx`` (topic): warden's dead letters, routing key ``<reason>.<queue>``, bound to
   ``<queue>.dlq`` with ``*.<queue>``;
-- ``<queue>.retry.<ms>ms``: copies waiting, handed back to the work queue when they expire;
+- ``warden.retry`` (headers) and ``warden.retry.<ms>ms``, one set for every work queue: copies
+  waiting (each bound by its ``warden-wait-ms``), handed back through ``warden.jobs`` to the
+  work queue they were published for when they expire. A work queue costs two broker queues
+  (itself and its dead-letter queue), whatever the number of retry tiers: RabbitMQ 3 counts
+  three file handles for every quorum queue against a limit of about 900 under the usual
+  ``ulimit -n`` of 1024, and stops accepting connections once they are used;
 - ``warden.revoke`` (fanout): revocation events enter here, bound to the stream
   ``warden.revocations`` only.
 """
@@ -29,7 +35,7 @@ _AT_LEAST_ONCE = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reje
 
 
 def work_queue_arguments(queue: str, delivery_limit: int) -> dict[str, Any]:
-    """A quorum work queue whose crashes-too-often messages go to its quarantine queue."""
+    """A quorum work queue whose crashes-too-often messages go to the quarantine queue."""
     return {
         "x-queue-type": "quorum",
         "x-dead-letter-exchange": names.QUARANTINE_EXCHANGE,
@@ -39,13 +45,13 @@ def work_queue_arguments(queue: str, delivery_limit: int) -> dict[str, Any]:
     }
 
 
-def retry_queue_arguments(queue: str, ttl_ms: int) -> dict[str, Any]:
-    """A quorum queue that holds messages up to ``ttl_ms``, then hands them back to ``queue``."""
+def retry_queue_arguments(ttl_ms: int) -> dict[str, Any]:
+    """A quorum queue that holds messages up to ``ttl_ms``, then hands each back through
+    ``warden.jobs`` with the routing key it was parked with: its own work queue's name."""
     return {
         "x-queue-type": "quorum",
         "x-message-ttl": ttl_ms,
-        "x-dead-letter-exchange": "",
-        "x-dead-letter-routing-key": queue,
+        "x-dead-letter-exchange": names.JOBS_EXCHANGE,
         **_AT_LEAST_ONCE,
     }
 
@@ -69,14 +75,24 @@ QUORUM: dict[str, Any] = {"x-queue-type": "quorum", "x-delivery-limit": _KEPT}
 """The dead-letter and quarantine queues: quorum queues that never drop what they hold."""
 
 
+@dataclass(frozen=True)
+class Topology:
+    """What :func:`declare_topology` declared: the work queues by name, and the quarantine
+    queues a worker empties (the shared one, and any an earlier version left)."""
+
+    work: dict[str, AbstractQueue]
+    quarantine: dict[str, str | None]
+    """Queue name → the work queue its messages came from (None: each message's routing key)."""
+
+
 async def declare_topology(
     channel: AbstractChannel,
     queues: tuple[str, ...],
     delivery_limit: int,
     retry_tiers: tuple[int, ...],
-) -> dict[str, AbstractQueue]:
-    """Declare the exchanges, each work queue and its dead-letter, quarantine and retry queues,
-    and their bindings; return the work queues."""
+) -> Topology:
+    """Declare the exchanges, the shared retry and quarantine queues, each work queue and its
+    dead-letter queue, and their bindings."""
     dlx = await channel.declare_exchange(
         names.DEAD_LETTER_EXCHANGE, ExchangeType.TOPIC, durable=True
     )
@@ -84,6 +100,19 @@ async def declare_topology(
     quarantine = await channel.declare_exchange(
         names.QUARANTINE_EXCHANGE, ExchangeType.DIRECT, durable=True
     )
+    retry = await channel.declare_exchange(names.RETRY_EXCHANGE, ExchangeType.HEADERS, durable=True)
+    held = await channel.declare_queue(names.QUARANTINE_QUEUE, durable=True, arguments=QUORUM)
+    for ttl in retry_tiers:
+        try:
+            tier = await channel.declare_queue(
+                names.retry_queue(ttl), durable=True, arguments=retry_queue_arguments(ttl)
+            )
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            raise ConfigurationError(
+                f"retry queue {names.retry_queue(ttl)!r} exists with other arguments than "
+                f"warden declares ({describe(exc)}); delete it or move it aside"
+            ) from None
+        await tier.bind(retry, arguments={"x-match": "all", names.HEADER_WAIT: str(ttl)})
     declared: dict[str, AbstractQueue] = {}
     for queue in queues:
         try:
@@ -93,18 +122,9 @@ async def declare_topology(
             dlq = await channel.declare_queue(
                 names.dead_letter_queue(queue), durable=True, arguments=QUORUM
             )
-            held = await channel.declare_queue(
-                names.quarantine_queue(queue), durable=True, arguments=QUORUM
-            )
-            for ttl in retry_tiers:
-                await channel.declare_queue(
-                    names.retry_queue(queue, ttl),
-                    durable=True,
-                    arguments=retry_queue_arguments(queue, ttl),
-                )
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
             raise ConfigurationError(
-                f"queue {queue!r} (or its dead-letter, quarantine or retry queues) exists with "
+                f"queue {queue!r} (or its dead-letter queue) exists with "
                 f"other arguments than warden declares ({describe(exc)}); delete it or move it "
                 "aside"
             ) from None
@@ -112,7 +132,29 @@ async def declare_topology(
         await dlq.bind(dlx, names.dead_letter_binding(queue))
         await held.bind(quarantine, queue)
         declared[queue] = work
-    return declared
+    quarantined: dict[str, str | None] = {names.QUARANTINE_QUEUE: None}
+    for queue in queues:
+        former = names.former_quarantine_queue(queue)
+        if await _exists(channel, former):
+            # Unbound, it takes nothing more; what it holds is emptied into the dead-letter
+            # queue as before, and it can be deleted once empty.
+            underlay = await channel.get_underlay_channel()
+            await underlay.queue_unbind(former, names.QUARANTINE_EXCHANGE, queue)
+            quarantined[former] = queue
+    return Topology(declared, quarantined)
+
+
+async def _exists(channel: AbstractChannel, queue: str) -> bool:
+    """Whether ``queue`` exists, asked on a channel of its own (a passive declare of a queue
+    that does not exist closes the channel it was asked on)."""
+    probe = await (await channel.get_underlay_channel()).connection.channel()
+    try:
+        await probe.queue_declare(queue, passive=True)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return False
+    else:
+        await probe.close()
+        return True
 
 
 def stream_arguments(retention: str) -> dict[str, Any]:
@@ -158,14 +200,14 @@ def roles(queues: tuple[str, ...]) -> tuple[Role, ...]:
     every queue by name, nor declare anything.
     """
     work = "(" + "|".join(re.escape(q) for q in queues) + ")"
-    retry = r"\.retry\.[0-9]+ms"
+    retry = r"retry(\.[0-9]+ms)?"
     return (
         Role(
             "worker",
             "consumes the work queues, writes dead letters and retry copies, follows revocations",
-            configure=rf"^(warden\.(dlx|jobs|quarantine|revoke|revocations)|{work}(\.dlq|\.quarantine|{retry})?)$",
-            write=rf"^(amq\.default|warden\.(dlx|quarantine|revocations)|{work}(\.dlq|\.quarantine)?)$",
-            read=rf"^(warden\.(dlx|jobs|quarantine|revoke|revocations)|{work}(\.quarantine|{retry})?)$",
+            configure=rf"^(warden\.(dlx|jobs|quarantine|revoke|revocations|{retry})|{work}(\.dlq|\.quarantine)?)$",
+            write=rf"^(amq\.default|warden\.(dlx|jobs|quarantine|revocations|{retry})|{work}(\.dlq|\.quarantine)?)$",
+            read=rf"^(warden\.(dlx|jobs|quarantine|revoke|revocations|{retry})|{work}(\.quarantine)?)$",
         ),
         Role("publisher", "publishes jobs through warden.jobs", "^$", r"^warden\.jobs$", "^$"),
         Role(

@@ -7,9 +7,10 @@ is forgotten at its ``expires_at``, so memory holds only what can still matter.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
-import itertools
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -62,6 +63,29 @@ class Revocation:
         return cls.from_mapping(event)
 
     @classmethod
+    def many_from_json(cls, body: bytes) -> list[Revocation | InvalidEvent]:
+        """The events of one message: one event (a JSON object) or several (a JSON array of
+        them). Each element is an event or the :class:`InvalidEvent` saying what is wrong with
+        it; a body that is neither raises :class:`InvalidEvent`."""
+        try:
+            decoded = strictjson.loads(body)
+        except NotStrictJSON:
+            raise InvalidEvent("not UTF-8 JSON without duplicate members") from None
+        if isinstance(decoded, dict):
+            return [cls.from_mapping(decoded)]
+        if not isinstance(decoded, list):
+            raise InvalidEvent("not a JSON object nor an array of them")
+        events: list[Revocation | InvalidEvent] = []
+        for item in decoded:
+            try:
+                if not isinstance(item, dict):
+                    raise InvalidEvent("not a JSON object")
+                events.append(cls.from_mapping(item))
+            except InvalidEvent as exc:
+                events.append(exc)
+        return events
+
+    @classmethod
     def from_mapping(cls, event: Mapping[str, Any]) -> Revocation:
         """Validate a decoded event (the rules of ``schemas/revocation.schema.json``)."""
         unknown = event.keys() - _EVENT_KEYS
@@ -103,10 +127,29 @@ def _at(timestamp: float) -> str:
 
 
 _Key = tuple[Subject, str | None, str]
+_CODES: dict[str, str] = {"jti": "j", "sub": "s", "client_id": "c"}
+
+
+def entry_key(subject: Subject, issuer: str | None, value: str) -> bytes:
+    """The key an entry is held under: a 16-byte BLAKE2b digest of what it names, so that an
+    entry costs the same few bytes however long its identifier. The issuer is length-prefixed:
+    no two different (issuer, value) pairs read as the same text."""
+    scope = "-" if issuer is None else f"{len(issuer)}:{issuer}"
+    text = f"{_CODES[subject]}{scope}|{value}".encode(errors="surrogatepass")
+    return hashlib.blake2b(text, digest_size=16).digest()
+
+
+_Entry = int | tuple[float, int]
+"""What an entry holds: its expiry (a whole second) for a jti; its cut-off and expiry else."""
 
 
 class RevocationList:
-    """Every entry that can still matter, keyed for O(1) lookups."""
+    """Every entry that can still matter, keyed for O(1) lookups.
+
+    An entry is small (about 110 bytes with the dictionary's share): its key a digest
+    (:func:`entry_key`), its expiry rounded up to the second and shared by every entry that
+    ends in the same second, and forgotten through one list of keys per second rather than an
+    ordered structure per entry."""
 
     def __init__(self, max_entries: int | None = None, *, hold: float = 0.0) -> None:
         self.max_entries = max_entries
@@ -115,12 +158,11 @@ class RevocationList:
         self.hold = hold
         """Seconds an entry is kept past its ``expires_at``: the largest queueing allowance,
         for which a token may be accepted after its ``exp``."""
-        # (subject, issuer or None, value) -> (issued_before or None for a jti, expires_at)
-        self._entries: dict[_Key, tuple[float | None, float]] = {}
-        # (expires_at, sequence, key): the sequence number breaks ties between equal expiries,
-        # so the heap never compares two keys (whose issuer may be None beside a string).
-        self._expiry: list[tuple[float, int, _Key]] = []
-        self._sequence = itertools.count()
+        self._entries: dict[bytes, _Entry] = {}
+        self._due: dict[int, tuple[int, list[bytes]]] = {}
+        """Keys by the second their entry ends (an entry extended later is listed again)."""
+        self._seconds: list[int] = []
+        """The seconds of ``_due``, as a heap."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -129,38 +171,59 @@ class RevocationList:
         """Record ``event``; False when it has already expired and was ignored."""
         if event.expires_at + self.hold <= now:
             return False
-        key: _Key = (event.subject, event.issuer, event.value)
-        old = self._entries.get(key)
-        if old is None and self.max_entries is not None and len(self._entries) >= self.max_entries:
+        key = entry_key(event.subject, event.issuer, event.value)
+        entries = self._entries
+        old = entries.get(key)
+        if old is None and self.max_entries is not None and len(entries) >= self.max_entries:
             raise RevocationListFull(
-                f"{len(self._entries)} revocation entries held, "
+                f"{len(entries)} revocation entries held, "
                 "the most WARDEN_REVOCATION_MAX_ENTRIES allows"
             )
-        before, expires = event.issued_before, event.expires_at + self.hold
+        expires = math.ceil(event.expires_at + self.hold)
+        before = event.issued_before
+        old_expires = -1
         if old is not None:
             # Entries only ever widen: the later cut-off and the later expiry win.
-            if before is not None and old[0] is not None:
-                before = max(before, old[0])
-            expires = max(expires, old[1])
-        self._entries[key] = (before, expires)
-        if old is None or expires > old[1]:
-            heapq.heappush(self._expiry, (expires, next(self._sequence), key))
+            if isinstance(old, tuple):
+                old_before, old_expires = old
+                if before is not None:
+                    before = max(before, old_before)
+            else:
+                old_expires = old
+            expires = max(expires, old_expires)
+        due = self._due.get(expires)
+        if due is None:
+            due = self._due[expires] = (expires, [])
+            heapq.heappush(self._seconds, expires)
+        expires = due[0]  # the one int object of that second, which its entries share
+        entries[key] = expires if before is None else (before, expires)
+        if expires != old_expires:
+            due[1].append(key)
         return True
 
     def prune(self, now: float) -> int:
         """Forget entries whose ``expires_at`` has passed; return how many went."""
         gone = 0
-        while self._expiry and self._expiry[0][0] <= now:
-            _, _, key = heapq.heappop(self._expiry)
-            entry = self._entries.get(key)
-            if entry is not None and entry[1] <= now:
-                del self._entries[key]
-                gone += 1
+        entries = self._entries
+        while self._seconds and self._seconds[0] <= now:
+            second = heapq.heappop(self._seconds)
+            for key in self._due.pop(second)[1]:
+                entry = entries.get(key)
+                if entry is None:
+                    continue
+                expires = entry[1] if isinstance(entry, tuple) else entry
+                if expires <= now:
+                    del entries[key]
+                    gone += 1
         return gone
 
-    def entries(self) -> dict[_Key, tuple[float | None, float]]:
-        """A copy of every entry: ``(subject, issuer, value) -> (issued_before, expires_at)``."""
-        return dict(self._entries)
+    def entries(self) -> dict[bytes, tuple[float | None, float]]:
+        """A copy of every entry: ``entry_key(subject, issuer, value) -> (issued_before,
+        expires_at)``, ``expires_at`` rounded up to the second."""
+        return {
+            key: (entry[0], float(entry[1])) if isinstance(entry, tuple) else (None, float(entry))
+            for key, entry in self._entries.items()
+        }
 
     def check(self, claims: Mapping[str, Any], issuer: str) -> None:
         """Raise :class:`~worker.errors.TokenRevoked` when an entry covers the token.
@@ -174,12 +237,12 @@ class RevocationList:
             if not isinstance(value, str):
                 continue
             for scope in (issuer, None):
-                entry = self._entries.get((subject, scope, value))
+                entry = self._entries.get(entry_key(subject, scope, value))
                 if entry is None:
                     continue
-                before = entry[0]
-                if before is None:
+                if not isinstance(entry, tuple):
                     raise errors.TokenRevoked(f"the token's jti {value!r} was revoked")
+                before = entry[0]
                 if not is_numeric_date(iat) or iat < before:
                     raise errors.TokenRevoked(
                         f"tokens of {subject} {value!r} issued before {_at(before)} were revoked"

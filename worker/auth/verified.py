@@ -29,10 +29,12 @@ class Entry:
 
 class VerifiedTokens(BoundedCache[bytes, Entry]):
     """Verified tokens by SHA-256 (see :meth:`~worker.auth.tokens.TokenCheck.digest`), each
-    until its ``until``, the least recently used going first when full."""
+    until its ``until``, the least recently used going first when full, for a token asked for
+    more often than it (admission): when more distinct tokens cycle than it holds, the cache
+    keeps serving its share of them rather than evicting each before it comes again."""
 
     def __init__(self, max_entries: int = 10_000) -> None:
-        super().__init__(max_entries)
+        super().__init__(max_entries, admission=True)
 
     def remember(self, digest: bytes, entry: Entry) -> None:
         """Keep a verified token until its entry's ``until``."""

@@ -25,6 +25,7 @@ _NOT_REPLAYED = frozenset(
         names.HEADER_X_DEATH,
         names.HEADER_ATTEMPT,
         names.HEADER_DEFERRALS,
+        names.HEADER_WAIT,
         names.HEADER_DELIVERY_COUNT,
         *names.BROKER_DEATH_HEADERS,
         names.HEADER_PROOF,

@@ -117,21 +117,16 @@ class Session:
             self.issuer.stop()
 
     async def clear_queue(self) -> None:
-        """Make sure no one else consumes the demo's queue, then delete it and its dead letters
-        and waiting copies, so that what the demo shows is this run's alone."""
+        """Make sure no one else consumes the demo's queue, then delete it and its dead-letter
+        queue, so that what the demo shows is this run's alone. (Copies of an earlier run still
+        waiting in the shared retry queues come back to no queue, and are dropped.)"""
         found = await consumers(self.url, self.queue)
         if found:
             raise errors.ConfigurationError(
                 f"queue {self.queue!r} has {found} consumer(s): another warden demo or a worker "
                 "uses it; give this demo a queue of its own with --queue"
             )
-        family = [
-            self.queue,
-            names.dead_letter_queue(self.queue),
-            names.quarantine_queue(self.queue),
-            *(names.retry_queue(self.queue, ttl) for ttl in self.settings.retry_tiers()),
-        ]
-        await delete_queues(self.url, family)
+        await delete_queues(self.url, [self.queue, names.dead_letter_queue(self.queue)])
 
     async def start(self) -> float:
         """Start the issuer and the worker (after revoking the scenario's revoked token, so that

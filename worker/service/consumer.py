@@ -12,7 +12,14 @@ from typing import Any
 from worker import names
 from worker.amqp.inbound import Inbound, to_delivery
 from worker.amqp.links import Publishing
-from worker.amqp.outbound import Acker, copy_properties, requeue, send_copy, send_salvaged
+from worker.amqp.outbound import (
+    Acker,
+    copy_properties,
+    requeue,
+    send_copy,
+    send_salvaged,
+    settle_rejected,
+)
 from worker.amqp.topology import retry_tier
 from worker.deadletters.seal import Seal, sealed_for
 from worker.deadletters.write import (
@@ -22,7 +29,13 @@ from worker.deadletters.write import (
     uncarried,
     unparked,
 )
-from worker.errors import MalformedMessage, PublishFailed, TableNotEncodable, Unavailable
+from worker.errors import (
+    MalformedMessage,
+    PublishFailed,
+    TableNotEncodable,
+    Unavailable,
+    Unroutable,
+)
 from worker.ops.metrics import UNREGISTERED, Metrics
 from worker.ops.tracing import NO_TRACING, Span, Tracing
 from worker.pipeline.decision import Denied, Gate
@@ -52,6 +65,7 @@ _WRITTEN_AFRESH = frozenset(
         names.HEADER_RECEIVED_AT,
         names.HEADER_REPLAYED_BY,
         names.HEADER_SEALED_TOKEN,
+        names.HEADER_WAIT,
     }
 )
 """warden's own headers on its copies (its counts, the original's publisher, its first arrival,
@@ -153,6 +167,29 @@ class Consumer:
             if task is not None:
                 self.in_flight.discard(task)
 
+    async def on_quarantined(self, message: Inbound, *, origin: str | None = None) -> None:
+        """Write into its work queue's dead-letter queue, without its token, a message the
+        broker dead-lettered from that queue (the delivery limit). ``origin`` names the queue,
+        or else (the shared quarantine queue) the routing key the broker gave it does: the
+        queue's own name, which only the queue's binding to ``warden.quarantine`` routes."""
+        queue = origin
+        if queue is None and message.exchange == names.QUARANTINE_EXCHANGE:
+            queue = message.routing_key
+        if not queue:
+            # Not the broker's: written straight into the queue, which only a user with
+            # warden's own permissions can do. It names no work queue to dead-letter it into.
+            log.error(
+                "dropped a message in quarantine that the broker did not dead-letter",
+                extra={
+                    "message_id": message.message_id,
+                    "exchange": message.exchange,
+                    "routing_key": message.routing_key,
+                },
+            )
+            await settle_rejected(message)
+            return
+        await self.on_message(queue, message, quarantined=True)
+
     async def outcome(self, delivery: Delivery) -> Outcome:
         """What should become of ``delivery``."""
         metrics, queue = self.metrics, delivery.queue
@@ -224,6 +261,20 @@ class Consumer:
                 try:
                     await self._dead_letter(message, delivery, denied)
                 except PublishFailed as exc:
+                    if quarantined and isinstance(exc, Unroutable):
+                        # From the shared quarantine, for a work queue whose dead-letter queue
+                        # is gone (deleted with it): there is nowhere left to keep it.
+                        log.error(
+                            "dropped a quarantined message: its dead-letter queue is gone",
+                            extra={
+                                "message_id": delivery.message_id,
+                                "queue": delivery.queue,
+                                "error": str(exc),
+                            },
+                        )
+                        self._acks.settled_otherwise(message)
+                        await settle_rejected(message)
+                        return Defer(f"dead letter failed: {exc}")
                     self.metrics.dead_letter_failures.labels(delivery.queue).inc()
                     log.error(
                         "dead letter not confirmed; returning the message to its queue",
@@ -299,7 +350,8 @@ class Consumer:
         under warden's name), with ``attempt`` or ``deferrals`` moved on.
         """
         delay_ms = max(round(delay * 1000), 1)
-        retry_queue = names.retry_queue(delivery.queue, retry_tier(self._tiers, delay_ms))
+        tier = retry_tier(self._tiers, delay_ms)
+        retry_queue = names.retry_queue(tier)
         headers = {
             name: value
             for name, value in delivery.headers.items()
@@ -317,9 +369,12 @@ class Consumer:
             headers[names.HEADER_RECEIVED_AT] = round(delivery.arrived_at * 1000)
         if delivery.replayed_by is not None:
             headers[names.HEADER_REPLAYED_BY] = delivery.replayed_by
+        headers[names.HEADER_WAIT] = str(tier)
         copy = copy_properties(message, headers, user_id=self._user, expiration_ms=delay_ms)
         try:
-            await send_copy(self._publisher, message.body, copy, "", retry_queue)
+            await send_copy(
+                self._publisher, message.body, copy, names.RETRY_EXCHANGE, delivery.queue
+            )
         except TableNotEncodable:
             # A header a copy cannot carry: the message cannot wait, and is malformed.
             await self._unparked(message, delivery, retry_queue)

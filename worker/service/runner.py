@@ -14,13 +14,12 @@ from typing import TypeVar
 
 import httpx
 
-from worker import names
 from worker.amqp.arrival import stamping, unwitnessed
 from worker.amqp.connection import TRANSPORT_ERRORS, Connection, connect, describe
 from worker.amqp.feed import RevocationFeed
 from worker.amqp.inbound import Subscriptions
 from worker.amqp.links import ConsumingChannel, CreditKeeper, Link, Publishing, close_bounded
-from worker.amqp.topology import declare_stream, declare_topology
+from worker.amqp.topology import Topology, declare_stream, declare_topology
 from worker.auth.keys import Keyring
 from worker.auth.revocation import RevocationList
 from worker.auth.setup import build_introspector, build_keyring, build_trust
@@ -222,7 +221,9 @@ class Worker:
                 max_staleness=settings.revocation_max_staleness,
                 trusted=settings.trusted(),
                 user=settings.broker_user(),
+                window=settings.revocation_window(allowance),
                 heartbeat=settings.heartbeat_seconds,
+                handshake_timeout=settings.broker_handshake_timeout_seconds,
             )
             trust = build_trust(settings)
             gate = Gate(
@@ -244,12 +245,19 @@ class Worker:
                     "consuming",
                     heartbeat=settings.heartbeat_seconds,
                     worker_id=settings.worker_id,
+                    handshake_timeout=settings.broker_handshake_timeout_seconds,
                 ),
             )
             self.consuming = Link(connection, "consuming")
             async with connection:
                 publishing = await unless_stopped(
-                    stop, Publishing.open(url, settings.worker_id, settings.heartbeat_seconds)
+                    stop,
+                    Publishing.open(
+                        url,
+                        settings.worker_id,
+                        settings.heartbeat_seconds,
+                        settings.broker_handshake_timeout_seconds,
+                    ),
                 )
                 self.publishing = publishing
                 publishing.listeners.append(feed.publishing_blocked)
@@ -281,23 +289,23 @@ class Worker:
 
     async def _declare(
         self, connection: Connection, stop: asyncio.Event
-    ) -> tuple[ConsumingChannel, list[str]]:
+    ) -> tuple[ConsumingChannel, Topology]:
         """Open the consuming channel and declare what the worker uses; while the broker cannot
         (a queue without a leader or a majority, a stream without quorum, a connection closed
         under it), say why and try again."""
         settings = self.settings
         channel: ConsumingChannel | None = None
 
-        async def declare() -> tuple[ConsumingChannel, list[str]]:
+        async def declare() -> tuple[ConsumingChannel, Topology]:
             nonlocal channel
             if channel is None:
                 channel = await connection.channel()
                 await channel.set_qos(prefetch_count=settings.prefetch)
-            queues = await declare_topology(
+            topology = await declare_topology(
                 channel, settings.queues, settings.delivery_limit, settings.retry_tiers()
             )
             await declare_stream(channel, settings.revocation_retention)
-            return channel, list(queues)
+            return channel, topology
 
         failures = 0
         while True:
@@ -330,6 +338,7 @@ class Worker:
                 "arrival probe",
                 heartbeat=settings.heartbeat_seconds,
                 worker_id=settings.worker_id,
+                handshake_timeout=settings.broker_handshake_timeout_seconds,
             ),
         )
         try:
@@ -354,7 +363,7 @@ class Worker:
         publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
         channel = await connection.channel()
         try:
-            return await stamping(publisher, channel, self.settings.queues[0])
+            return await stamping(publisher, channel)
         finally:
             for open_channel in (publisher, channel):
                 with contextlib.suppress(*TRANSPORT_ERRORS):
@@ -374,7 +383,7 @@ class Worker:
     ) -> None:
         settings = self.settings
         self.stage = "declaring the queues"
-        channel, queues = await self._declare(connection, stop)
+        channel, topology = await self._declare(connection, stop)
         tasks.append(background.create_task(feed.follow_forever()))
         self.stage = "reading the revocation feed to its end"
         log.info("reading the revocation feed before taking jobs")
@@ -389,13 +398,12 @@ class Worker:
             on_settled=self.on_settled,
             witnessed=witnessed,
         )
+        queues = list(topology.work)
         handlers = {name: partial(consumer.on_message, name) for name in queues}
-        for name in queues:
+        for name, origin in topology.quarantine.items():
             # What the broker dead-lettered (the delivery limit) is written into the dead-letter
             # queue without its token.
-            handlers[names.quarantine_queue(name)] = partial(
-                consumer.on_message, name, quarantined=True
-            )
+            handlers[name] = partial(consumer.on_quarantined, origin=origin)
         subscriptions = Subscriptions(channel, handlers)
         self.stage = "registering the consumers"
         try:

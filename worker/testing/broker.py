@@ -127,18 +127,14 @@ async def running_worker(
     finally:
         stop.set()
         await task
-        tiers = worker.settings.retry_tiers()
-        await delete_queues(broker_url, [names.retry_queue(queue, ttl) for ttl in tiers])
 
 
 @contextlib.asynccontextmanager
 async def scratch_queue(broker_url: str, prefix: str = "test") -> AsyncIterator[str]:
-    """A work queue name of its own (``<prefix>-<random>``); the queue, its dead-letter and
-    quarantine queues are deleted when the block ends."""
+    """A work queue name of its own (``<prefix>-<random>``); the queue and its dead-letter
+    queue are deleted when the block ends."""
     queue = f"{prefix}-{uuid.uuid4().hex[:12]}"
     try:
         yield queue
     finally:
-        await delete_queues(
-            broker_url, [queue, names.dead_letter_queue(queue), names.quarantine_queue(queue)]
-        )
+        await delete_queues(broker_url, [queue, names.dead_letter_queue(queue)])
