@@ -89,8 +89,10 @@ compose_plugin() {
   say "installing Compose v2 from Debian trixie's docker-compose package"
   curl -fsS "$mirror/dists/trixie/main/binary-$arch/Packages.xz" -o "$work/Packages.xz" ||
     die "cannot fetch trixie's package index from $mirror"
+  # awk reads the index to its end: leaving early would end xz with SIGPIPE, which pipefail
+  # turns into a failure.
   filename="$(xz -dc "$work/Packages.xz" |
-    awk '/^Package: docker-compose$/ {p = 1} p && /^Filename:/ {print $2; exit} /^$/ {p = 0}')"
+    awk '/^Package: docker-compose$/ {p = 1} p && !f && /^Filename:/ {print $2; f = 1} /^$/ {p = 0}')"
   [ -n "$filename" ] || die "trixie has no docker-compose package"
   curl -fsS "$mirror/$filename" -o "$work/compose.deb" || die "cannot fetch $mirror/$filename"
   dpkg-deb -x "$work/compose.deb" "$work/root"

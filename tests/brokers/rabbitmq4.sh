@@ -133,7 +133,7 @@ chrooted_pids() {
   for dir in /proc/[0-9]*; do
     [ "$(readlink "$dir/root" 2>/dev/null)" = "$real" ] || continue
     if [ "${1:-}" = own ] &&
-      ! tr '\0' '\n' <"$dir/environ" 2>/dev/null | grep -qx "ERL_EPMD_PORT=$epmd_port"; then
+      ! tr '\0' '\n' <"$dir/environ" 2>/dev/null | grep -x "ERL_EPMD_PORT=$epmd_port" >/dev/null; then
       continue
     fi
     echo "${dir#/proc/}"
