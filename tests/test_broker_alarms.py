@@ -43,6 +43,25 @@ async def readyz(worker: Worker) -> httpx.Response:
         return await http.get(f"http://127.0.0.1:{worker.http.port}/readyz")
 
 
+async def gated_then_mixed(
+    rabbit: Rabbit, queue: str, issuer: Issuer, jobs: int
+) -> tuple[list[str | None], list[str | None], list[str | None]]:
+    """The prefetch taken by jobs that wait for the test, then ``jobs`` reading a report, one in
+    :data:`DENIED_EVERY` with a token that lacks the scope; returns once the worker holds the
+    first gated job. The gated, allowed and denied jobs' ids."""
+    gated = [await rabbit.job(queue, "gated.run", issuer.token()) for _ in range(PREFETCH)]
+    allowed_token = issuer.token(scope="reports:read")
+    denied_token = issuer.token(scope="reports:write")
+    allowed, denied = [], []
+    for i in range(jobs):
+        if i % DENIED_EVERY == 0:
+            denied.append(await rabbit.job(queue, "reports.read", denied_token))
+        else:
+            allowed.append(await rabbit.job(queue, "reports.read", allowed_token))
+    await ran.entered.wait()
+    return gated, allowed, denied
+
+
 def test_aiormq_still_has_the_frame_handlers_the_block_watch_wraps() -> None:
     import aiormq
 
@@ -76,16 +95,7 @@ async def test_allowed_jobs_run_through_an_alarm_and_denied_ones_are_dead_letter
 
         # The prefetch taken by jobs that wait for the test: what follows waits in the queue
         # until the alarm is up, and then has to go through the worker during it.
-        gated = [await node_rabbit.job(queue, "gated.run", issuer.token()) for _ in range(PREFETCH)]
-        allowed_token = issuer.token(scope="reports:read")
-        denied_token = issuer.token(scope="reports:write")
-        allowed, denied = [], []
-        for i in range(JOBS):
-            if i % DENIED_EVERY == 0:
-                denied.append(await node_rabbit.job(queue, "reports.read", denied_token))
-            else:
-                allowed.append(await node_rabbit.job(queue, "reports.read", allowed_token))
-        await ran.entered.wait()
+        gated, allowed, denied = await gated_then_mixed(node_rabbit, queue, issuer, JOBS)
 
         raise_alarm = getattr(standalone_node, f"raise_{alarm}_alarm")
         await raise_alarm()
@@ -157,16 +167,7 @@ async def test_stopped_during_an_alarm_the_worker_returns_the_waiting_jobs_to_th
     running = Running(Worker(settings, REGISTRY))
     try:
         await asyncio.wait_for(running.worker.ready.wait(), 30)
-        gated = [await node_rabbit.job(queue, "gated.run", issuer.token()) for _ in range(PREFETCH)]
-        allowed_token = issuer.token(scope="reports:read")
-        denied_token = issuer.token(scope="reports:write")
-        allowed, denied = [], []
-        for i in range(40):
-            if i % DENIED_EVERY == 0:
-                denied.append(await node_rabbit.job(queue, "reports.read", denied_token))
-            else:
-                allowed.append(await node_rabbit.job(queue, "reports.read", allowed_token))
-        await ran.entered.wait()
+        gated, allowed, denied = await gated_then_mixed(node_rabbit, queue, issuer, 40)
         await standalone_node.raise_memory_alarm()
         ran.gate.set()
         await ran.wait_for(len(gated) + len(allowed), timeout=60)

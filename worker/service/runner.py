@@ -239,14 +239,7 @@ class Worker:
             )
             self.stage = "connecting to the broker"
             connection = self.connection = await unless_stopped(
-                stop,
-                connect(
-                    url,
-                    "consuming",
-                    heartbeat=settings.heartbeat_seconds,
-                    worker_id=settings.worker_id,
-                    handshake_timeout=settings.broker_handshake_timeout_seconds,
-                ),
+                stop, self._connect(url, "consuming")
             )
             self.consuming = Link(connection, "consuming")
             async with connection:
@@ -286,6 +279,18 @@ class Worker:
                 finally:
                     await publishing.close()
         log.info("stopped")
+
+    async def _connect(self, url: str, purpose: str) -> Connection:
+        """A connection of this worker's for ``purpose``, with its heartbeat and handshake
+        bound (:func:`~worker.amqp.connection.connect`)."""
+        settings = self.settings
+        return await connect(
+            url,
+            purpose,
+            heartbeat=settings.heartbeat_seconds,
+            worker_id=settings.worker_id,
+            handshake_timeout=settings.broker_handshake_timeout_seconds,
+        )
 
     async def _declare(
         self, connection: Connection, stop: asyncio.Event
@@ -330,17 +335,7 @@ class Worker:
         blocks a connection that publishes, and then reads nothing more from it, not even the
         probe queue's deletion; so the probe is given up after :data:`PROBE_LIMIT_SECONDS`."""
         self.stage = "finding out whether the broker stamps arrivals"
-        settings = self.settings
-        probing = await unless_stopped(
-            stop,
-            connect(
-                url,
-                "arrival probe",
-                heartbeat=settings.heartbeat_seconds,
-                worker_id=settings.worker_id,
-                handshake_timeout=settings.broker_handshake_timeout_seconds,
-            ),
-        )
+        probing = await unless_stopped(stop, self._connect(url, "arrival probe"))
         try:
             async with asyncio.timeout(PROBE_LIMIT_SECONDS):
                 found = await unless_stopped(stop, self._stamping(probing))
