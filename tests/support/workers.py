@@ -75,7 +75,12 @@ class Worker:
         """SIGTERM the worker; return once it exited 0 (or raise, with what it wrote)."""
         if self.process.returncode is None:
             self.process.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(self.ended(), timeout)
+        try:
+            code = await asyncio.wait_for(self.ended(), timeout)
+        except TimeoutError:
+            raise AssertionError(
+                f"still running {timeout:g} s after SIGTERM; it wrote: {self.output()[-3000:]}"
+            ) from None
         assert code == 0, self.output()[-3000:]
 
     async def ended(self) -> int:
